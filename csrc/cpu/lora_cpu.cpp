@@ -1,0 +1,340 @@
+// CPU implementation of shrink / expand / embedding shrink (see lora_cpu.h).
+#include "lora_cpu.h"
+
+#include <algorithm>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "lora_kernels/numeric.h"
+
+// Hot loops get an AVX2+FMA clone chosen at load time; the default clone runs anywhere.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define LK_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define LK_CPU_CLONES
+#endif
+
+namespace lora_kernels::cpu {
+namespace {
+
+constexpr int64_t kShrinkRowsPerBlock = 4;  // rank rows per shrink work unit
+constexpr int64_t kExpandColsPerBlock = 512;  // output features per expand work unit
+constexpr int64_t kKBlock = 1024;  // H_in elements staged per pass (fits L1/L2 with the tokens)
+constexpr int64_t kOBlock = 64;    // output features transposed per pass in the expand
+
+std::string index_error(const char* name, int64_t pos, int64_t value, const char* expected) {
+  return std::string(name) + "[" + std::to_string(pos) + "] = " + std::to_string(value) +
+         " is out of range; expected " + expected + ".";
+}
+
+// acc[m * J + j] += sum_k x[m][k] * w[j][k], k < len: the shrink's inner product tile.
+template <typename Acc, int MT, int JT>
+inline __attribute__((always_inline)) void dot_tile(const Acc* const* x, const Acc* const* w,
+                                                    int64_t len, Acc* acc, int64_t J) {
+  constexpr int kLanes = 32 / sizeof(Acc);
+  typedef Acc VecT __attribute__((vector_size(32)));
+  VecT s[MT][JT];
+  for (int m = 0; m < MT; ++m)
+    for (int j = 0; j < JT; ++j) s[m][j] = VecT{};
+  int64_t k = 0;
+  for (; k + kLanes <= len; k += kLanes) {
+    VecT xv[MT], wv[JT];
+    for (int m = 0; m < MT; ++m) std::memcpy(&xv[m], x[m] + k, sizeof(VecT));
+    for (int j = 0; j < JT; ++j) std::memcpy(&wv[j], w[j] + k, sizeof(VecT));
+    for (int m = 0; m < MT; ++m)
+      for (int j = 0; j < JT; ++j) s[m][j] += xv[m] * wv[j];
+  }
+  for (int m = 0; m < MT; ++m)
+    for (int j = 0; j < JT; ++j) {
+      Acc total = 0;
+      for (int l = 0; l < kLanes; ++l) total += s[m][j][l];
+      for (int64_t kk = k; kk < len; ++kk) total += x[m][kk] * w[j][kk];
+      acc[m * J + j] += total;
+    }
+}
+
+template <typename Acc>
+inline __attribute__((always_inline)) void dot_block_impl(const Acc* const* x, int64_t M,
+                                                          const Acc* const* w, int64_t J,
+                                                          int64_t len, Acc* acc) {
+  int64_t m = 0;
+  for (; m + 2 <= M; m += 2) {
+    int64_t j = 0;
+    for (; j + 4 <= J; j += 4) dot_tile<Acc, 2, 4>(x + m, w + j, len, acc + m * J + j, J);
+    for (; j < J; ++j) dot_tile<Acc, 2, 1>(x + m, w + j, len, acc + m * J + j, J);
+  }
+  for (; m < M; ++m) {
+    int64_t j = 0;
+    for (; j + 4 <= J; j += 4) dot_tile<Acc, 1, 4>(x + m, w + j, len, acc + m * J + j, J);
+    for (; j < J; ++j) dot_tile<Acc, 1, 1>(x + m, w + j, len, acc + m * J + j, J);
+  }
+}
+
+LK_CPU_CLONES void dot_block(const float* const* x, int64_t M, const float* const* w, int64_t J,
+                             int64_t len, float* acc) {
+  dot_block_impl<float>(x, M, w, J, len, acc);
+}
+LK_CPU_CLONES void dot_block(const double* const* x, int64_t M, const double* const* w, int64_t J,
+                             int64_t len, double* acc) {
+  dot_block_impl<double>(x, M, w, J, len, acc);
+}
+
+// out[m][o] = sum_j v[m][j] * bt[j][o] for o < kOBlock: the expand's tile (bt is B transposed).
+template <typename Acc>
+inline __attribute__((always_inline)) void expand_tile_impl(const Acc* const* v, int64_t M,
+                                                            const Acc* bt, int64_t r, Acc* out) {
+  for (int64_t m = 0; m < M; ++m) {
+    Acc o_acc[kOBlock] = {};
+    for (int64_t j = 0; j < r; ++j) {
+      const Acc vj = v[m][j];
+      const Acc* row = bt + j * kOBlock;
+      for (int64_t o = 0; o < kOBlock; ++o) o_acc[o] += vj * row[o];
+    }
+    std::memcpy(out + m * kOBlock, o_acc, sizeof(o_acc));
+  }
+}
+LK_CPU_CLONES void expand_tile(const float* const* v, int64_t M, const float* bt, int64_t r,
+                               float* out) {
+  expand_tile_impl<float>(v, M, bt, r, out);
+}
+LK_CPU_CLONES void expand_tile(const double* const* v, int64_t M, const double* bt, int64_t r,
+                               double* out) {
+  expand_tile_impl<double>(v, M, bt, r, out);
+}
+
+// Per-thread staging buffers, grown on demand and reused across calls.
+template <typename Acc>
+std::vector<Acc>& scratch(int which) {
+  thread_local std::vector<Acc> buffers[3];
+  return buffers[which];
+}
+
+template <typename T>
+void shrink_unit(const ShrinkParams& p, const Plan& plan, int64_t unit) {
+  using Acc = typename Numeric<T>::Acc;
+  const int64_t blocks = shrink_column_blocks(p);
+  const WorkItem& item = plan.items[unit / blocks];
+  const int64_t j0 = (unit % blocks) * kShrinkRowsPerBlock;
+  const int64_t j1 = std::min(j0 + kShrinkRowsPerBlock, p.max_rank);
+  const int64_t M = item.end - item.begin;
+  const int64_t* rows = plan.order.data() + item.begin;
+  const int64_t r = effective_rank(p.ranks, item.slot, p.num_slots, p.max_rank);
+  const int64_t jn = std::clamp<int64_t>(r - j0, 0, j1 - j0);  // rows computed here
+  auto v_row = [&](int64_t m) { return static_cast<Acc*>(p.v) + rows[m] * p.v_stride; };
+
+  std::vector<Acc>& acc = scratch<Acc>(0);
+  acc.assign(static_cast<size_t>(M * kShrinkRowsPerBlock), Acc(0));
+  if (jn > 0) {
+    const T* x = static_cast<const T*>(p.x);
+    const T* a = static_cast<const T*>(p.lora_a) + (item.slot * p.max_rank + j0) * p.h_in;
+    std::vector<const Acc*> xp(M), wp(jn);
+    std::vector<Acc>& xs = scratch<Acc>(1);
+    std::vector<Acc>& ws = scratch<Acc>(2);
+    constexpr bool kDirect = std::is_same_v<T, Acc>;
+    if (!kDirect) {
+      xs.resize(static_cast<size_t>(M * kKBlock));
+      ws.resize(static_cast<size_t>(jn * kKBlock));
+    }
+    for (int64_t k0 = 0; k0 < p.h_in; k0 += kKBlock) {
+      const int64_t len = std::min(kKBlock, p.h_in - k0);
+      for (int64_t m = 0; m < M; ++m) {
+        const T* src = x + rows[m] * p.x_stride + k0;
+        if constexpr (kDirect) {
+          xp[m] = reinterpret_cast<const Acc*>(src);
+        } else {
+          Acc* dst = xs.data() + m * kKBlock;
+          for (int64_t k = 0; k < len; ++k) dst[k] = Numeric<T>::load(src[k]);
+          xp[m] = dst;
+        }
+      }
+      for (int64_t j = 0; j < jn; ++j) {
+        const T* src = a + j * p.h_in + k0;
+        if constexpr (kDirect) {
+          wp[j] = reinterpret_cast<const Acc*>(src);
+        } else {
+          Acc* dst = ws.data() + j * kKBlock;
+          for (int64_t k = 0; k < len; ++k) dst[k] = Numeric<T>::load(src[k]);
+          wp[j] = dst;
+        }
+      }
+      // acc is laid out [M][jn] while computing, then scattered to v.
+      dot_block(xp.data(), M, wp.data(), jn, len, acc.data());
+    }
+  }
+  for (int64_t m = 0; m < M; ++m) {
+    Acc* out = v_row(m);
+    for (int64_t j = j0; j < j1; ++j) out[j] = (j - j0 < jn) ? acc[m * jn + (j - j0)] : Acc(0);
+  }
+}
+
+template <typename T>
+void expand_unit(const ExpandParams& p, const Plan& plan, int64_t unit) {
+  using Acc = typename Numeric<T>::Acc;
+  const int64_t blocks = expand_column_blocks(p);
+  const WorkItem& item = plan.items[unit / blocks];
+  const int64_t r = effective_rank(p.ranks, item.slot, p.num_slots, p.max_rank);
+  if (r == 0) return;  // no adapter or rank 0: y untouched
+  const int64_t o_begin = (unit % blocks) * kExpandColsPerBlock;
+  const int64_t o_end = std::min(o_begin + kExpandColsPerBlock, p.h_out);
+  const int64_t M = item.end - item.begin;
+  const int64_t* rows = plan.order.data() + item.begin;
+  const Acc scale = static_cast<const Acc*>(p.scaling)[item.slot];
+  const T* b = static_cast<const T*>(p.lora_b) + item.slot * p.h_out * p.max_rank;
+  const T* bias =
+      p.lora_bias ? static_cast<const T*>(p.lora_bias) + item.slot * p.h_out : nullptr;
+  std::vector<const Acc*> vp(M);
+  for (int64_t m = 0; m < M; ++m) vp[m] = static_cast<const Acc*>(p.v) + rows[m] * p.v_stride;
+
+  std::vector<Acc>& bt = scratch<Acc>(1);
+  std::vector<Acc>& out = scratch<Acc>(2);
+  bt.assign(static_cast<size_t>(r * kOBlock), Acc(0));
+  out.resize(static_cast<size_t>(M * kOBlock));
+  for (int64_t o0 = o_begin; o0 < o_end; o0 += kOBlock) {
+    const int64_t on = std::min(kOBlock, o_end - o0);
+    for (int64_t o = 0; o < on; ++o)
+      for (int64_t j = 0; j < r; ++j)
+        bt[j * kOBlock + o] = Numeric<T>::load(b[(o0 + o) * p.max_rank + j]);
+    expand_tile(vp.data(), M, bt.data(), r, out.data());
+    for (int64_t m = 0; m < M; ++m) {
+      T* y = static_cast<T*>(p.y) + rows[m] * p.y_stride + o0;
+      const Acc* delta = out.data() + m * kOBlock;
+      for (int64_t o = 0; o < on; ++o) {
+        const Acc lora = bias ? delta[o] + Numeric<T>::load(bias[o0 + o]) : delta[o];
+        y[o] = Numeric<T>::store(Numeric<T>::load(y[o]) + scale * lora);
+      }
+    }
+  }
+}
+
+template <typename T>
+void embedding_shrink_item(const EmbeddingShrinkParams& p, const Plan& plan, int64_t i) {
+  using Acc = typename Numeric<T>::Acc;
+  const WorkItem& item = plan.items[i];
+  const int64_t r = effective_rank(p.ranks, item.slot, p.num_slots, p.max_rank);
+  const T* a = static_cast<const T*>(p.lora_a) + std::max<int64_t>(item.slot, 0) * p.max_rank * p.vocab;
+  for (int64_t pos = item.begin; pos < item.end; ++pos) {
+    const int64_t row = plan.order[pos];
+    const int64_t token = p.token_ids[row];
+    Acc* out = static_cast<Acc*>(p.v) + row * p.v_stride;
+    const bool valid = token >= 0 && token < p.vocab;
+    for (int64_t j = 0; j < p.max_rank; ++j)
+      out[j] = (valid && j < r) ? Numeric<T>::load(a[j * p.vocab + token]) : Acc(0);
+  }
+}
+
+template <template <typename> class Fn, typename... Args>
+void dispatch(DType dtype, Args&&... args) {
+  switch (dtype) {
+    case DType::kFloat16: return Fn<Half>::run(args...);
+    case DType::kBFloat16: return Fn<BFloat16>::run(args...);
+    case DType::kFloat32: return Fn<float>::run(args...);
+    case DType::kFloat64: return Fn<double>::run(args...);
+  }
+}
+
+template <typename T>
+struct ShrinkRange {
+  static void run(const ShrinkParams& p, const Plan& plan, int64_t begin, int64_t end) {
+    for (int64_t u = begin; u < end; ++u) shrink_unit<T>(p, plan, u);
+  }
+};
+template <typename T>
+struct ExpandRange {
+  static void run(const ExpandParams& p, const Plan& plan, int64_t begin, int64_t end) {
+    for (int64_t u = begin; u < end; ++u) expand_unit<T>(p, plan, u);
+  }
+};
+template <typename T>
+struct EmbeddingShrinkRange {
+  static void run(const EmbeddingShrinkParams& p, const Plan& plan, int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) embedding_shrink_item<T>(p, plan, i);
+  }
+};
+
+}  // namespace
+
+std::string build_plan(const TokenMap& map, int64_t num_slots, int64_t max_group_tokens,
+                       Plan* plan) {
+  const int64_t T = map.num_tokens;
+  const int64_t chunk = std::max<int64_t>(max_group_tokens, 1);
+  plan->order.resize(static_cast<size_t>(T));
+  plan->items.clear();
+  auto add_group = [&](int64_t slot, int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; b += chunk) plan->items.push_back({slot, b, std::min(b + chunk, end)});
+  };
+  if (map.indices.present()) {
+    // Counting sort by slot; bucket 0 holds -1 ("no adapter"), bucket a + 1 holds slot a.
+    std::vector<int64_t> start(static_cast<size_t>(num_slots) + 2, 0);
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t a = map.indices[t];
+      if (a < -1 || a >= num_slots)
+        return index_error("indices", t, a, ("-1 <= indices[t] < N = " + std::to_string(num_slots)).c_str());
+      ++start[static_cast<size_t>(a + 2)];
+    }
+    for (size_t b = 1; b < start.size(); ++b) start[b] += start[b - 1];
+    std::vector<int64_t> fill(start.begin(), start.end() - 1);
+    for (int64_t t = 0; t < T; ++t) plan->order[static_cast<size_t>(fill[static_cast<size_t>(map.indices[t] + 1)]++)] = t;
+    for (int64_t a = -1; a < num_slots; ++a)
+      add_group(a, start[static_cast<size_t>(a + 1)], start[static_cast<size_t>(a + 2)]);
+    return {};
+  }
+  const int64_t S = map.num_segments;
+  if (map.seg_indptr[0] != 0)
+    return "seg_indptr[0] = " + std::to_string(map.seg_indptr[0]) + " must be 0.";
+  if (map.seg_indptr[S] != T)
+    return "seg_indptr[S] = seg_indptr[" + std::to_string(S) + "] = " + std::to_string(map.seg_indptr[S]) +
+           " must equal the number of tokens T = " + std::to_string(T) + ".";
+  for (int64_t s = 0; s < S; ++s) {
+    const int64_t lo = map.seg_indptr[s], hi = map.seg_indptr[s + 1];
+    if (hi < lo)
+      return "seg_indptr must be non-decreasing, but seg_indptr[" + std::to_string(s + 1) + "] = " +
+             std::to_string(hi) + " < seg_indptr[" + std::to_string(s) + "] = " + std::to_string(lo) + ".";
+    const int64_t a = map.seg_adapter[s];
+    if (a < -1 || a >= num_slots)
+      return index_error("seg_adapter", s, a, ("-1 <= seg_adapter[s] < N = " + std::to_string(num_slots)).c_str());
+  }
+  for (int64_t t = 0; t < T; ++t) plan->order[static_cast<size_t>(t)] = t;
+  for (int64_t s = 0; s < S; ++s) add_group(map.seg_adapter[s], map.seg_indptr[s], map.seg_indptr[s + 1]);
+  return {};
+}
+
+std::string check_ranks(const IndexVec& ranks, int64_t num_slots, int64_t max_rank) {
+  if (!ranks.present()) return {};
+  for (int64_t a = 0; a < num_slots; ++a) {
+    const int64_t r = ranks[a];
+    if (r < 0 || r > max_rank)
+      return index_error("ranks", a, r, ("0 <= ranks[a] <= R = " + std::to_string(max_rank)).c_str());
+  }
+  return {};
+}
+
+std::string check_token_ids(const IndexVec& token_ids, int64_t num_tokens, int64_t vocab) {
+  for (int64_t t = 0; t < num_tokens; ++t) {
+    const int64_t id = token_ids[t];
+    if (id < 0 || id >= vocab)
+      return index_error("token_ids", t, id, ("0 <= token_ids[t] < vocab = " + std::to_string(vocab)).c_str());
+  }
+  return {};
+}
+
+int64_t shrink_column_blocks(const ShrinkParams& p) {
+  return std::max<int64_t>((p.max_rank + kShrinkRowsPerBlock - 1) / kShrinkRowsPerBlock, 1);
+}
+int64_t expand_column_blocks(const ExpandParams& p) {
+  return std::max<int64_t>((p.h_out + kExpandColsPerBlock - 1) / kExpandColsPerBlock, 1);
+}
+
+void shrink(const ShrinkParams& p, const Plan& plan, int64_t begin, int64_t end) {
+  if (p.max_rank == 0) return;
+  dispatch<ShrinkRange>(p.dtype, p, plan, begin, end);
+}
+void expand(const ExpandParams& p, const Plan& plan, int64_t begin, int64_t end) {
+  if (p.max_rank == 0 || p.h_out == 0) return;
+  dispatch<ExpandRange>(p.dtype, p, plan, begin, end);
+}
+void embedding_shrink(const EmbeddingShrinkParams& p, const Plan& plan, int64_t begin, int64_t end) {
+  dispatch<EmbeddingShrinkRange>(p.dtype, p, plan, begin, end);
+}
+
+}  // namespace lora_kernels::cpu

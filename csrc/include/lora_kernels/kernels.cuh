@@ -1,0 +1,297 @@
+// Header-only, torch-free CUDA kernels for the multi-LoRA shrink / expand (DESIGN §1, §4).
+//
+// Grouping without a sort and without host synchronization: block x of the grid stands for
+// token position `pos`. It leads a group when it is the (k * kMaxTokens)-th occurrence of its
+// slot (per-token indices) or of its segment (segments); the group is that token and the next
+// kMaxTokens - 1 tokens with the same slot. Blocks that lead nothing exit at once. Each group
+// streams its adapter's weights once for all of its tokens, with 16-byte loads when the
+// alignment allows, accumulating in fp32 (fp64 for fp64 data).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "lora_kernels/params.h"
+
+namespace lora_kernels::cuda::detail {
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+
+template <typename T>
+struct Elem;
+template <>
+struct Elem<__half> {
+  using Acc = float;
+  static __device__ __forceinline__ float load(__half v) { return __half2float(v); }
+  static __device__ __forceinline__ __half store(float v) { return __float2half_rn(v); }
+};
+template <>
+struct Elem<__nv_bfloat16> {
+  using Acc = float;
+  static __device__ __forceinline__ float load(__nv_bfloat16 v) { return __bfloat162float(v); }
+  static __device__ __forceinline__ __nv_bfloat16 store(float v) { return __float2bfloat16_rn(v); }
+};
+template <>
+struct Elem<float> {
+  using Acc = float;
+  static __device__ __forceinline__ float load(float v) { return v; }
+  static __device__ __forceinline__ float store(float v) { return v; }
+};
+template <>
+struct Elem<double> {
+  using Acc = double;
+  static __device__ __forceinline__ double load(double v) { return v; }
+  static __device__ __forceinline__ double store(double v) { return v; }
+};
+
+// Loads VEC elements starting at p (16 bytes in one instruction when VEC * sizeof(T) == 16).
+template <typename T, int VEC>
+__device__ __forceinline__ void load_vec(const T* p, typename Elem<T>::Acc (&out)[VEC]) {
+  if constexpr (VEC * sizeof(T) == 16) {
+    const uint4 raw = *reinterpret_cast<const uint4*>(p);
+    const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) out[i] = Elem<T>::load(e[i]);
+  } else {
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) out[i] = Elem<T>::load(p[i]);
+  }
+}
+
+template <typename Acc>
+__device__ __forceinline__ Acc warp_sum(Acc v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// Sum over the block, returned to every thread.
+__device__ __forceinline__ int64_t block_sum(int64_t v, int64_t* scratch /* [kWarps] */) {
+  v = warp_sum(v);
+  if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = v;
+  __syncthreads();
+  int64_t total = 0;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) total += scratch[w];
+  __syncthreads();
+  return total;
+}
+
+template <int kMaxTokens>
+struct TokenGroup {
+  int64_t rows[kMaxTokens];  // token rows of x / v / y
+  int64_t slot;
+  int count;  // 0: this block leads no group
+};
+
+// Block-wide: fills `g` with the group led by token position `pos` (count 0 if none).
+template <int kMaxTokens>
+__device__ void find_group(const TokenMap& map, int64_t pos, TokenGroup<kMaxTokens>& g,
+                           int64_t* scratch) {
+  const int tid = threadIdx.x;
+  const int64_t T = map.num_tokens;
+  if (map.indices.present()) {
+    const int64_t slot = map.indices[pos];
+    int64_t before = 0;
+    for (int64_t s = tid; s < pos; s += kThreads) before += (map.indices[s] == slot);
+    before = block_sum(before, scratch);
+    if (before % kMaxTokens != 0) return;  // uniform: not a leader (g.count is not read)
+    if (tid < 32) {
+      int n = 0;
+      for (int64_t base = pos; base < T && n < kMaxTokens; base += 32) {
+        const int64_t s = base + tid;
+        const bool match = s < T && map.indices[s] == slot;
+        const unsigned mask = __ballot_sync(0xffffffffu, match);
+        const int rank = n + __popc(mask & ((1u << tid) - 1u));
+        if (match && rank < kMaxTokens) g.rows[rank] = s;
+        n += __popc(mask);
+      }
+      if (tid == 0) {
+        g.count = n < kMaxTokens ? n : kMaxTokens;
+        g.slot = slot;
+      }
+    }
+  } else if (tid == 0) {
+    // Last segment s with seg_indptr[s] <= pos (empty segments before it are skipped).
+    g.count = 0;
+    const int64_t S = map.num_segments;
+    if (S > 0) {
+      int64_t lo = 0, hi = S - 1;
+      while (lo < hi) {
+        const int64_t mid = (lo + hi + 1) / 2;
+        if (map.seg_indptr[mid] <= pos) lo = mid; else hi = mid - 1;
+      }
+      const int64_t start = map.seg_indptr[lo];
+      int64_t end = map.seg_indptr[lo + 1];
+      end = end < T ? end : T;
+      if (start <= pos && pos < end && (pos - start) % kMaxTokens == 0) {
+        const int64_t n = end - pos < kMaxTokens ? end - pos : kMaxTokens;
+        for (int i = 0; i < n; ++i) g.rows[i] = pos + i;
+        g.count = static_cast<int>(n);
+        g.slot = map.seg_adapter[lo];
+      }
+    }
+  }
+  __syncthreads();
+}
+
+// grid (T, ceil(R / kRows)); block kThreads. Writes v[t, j0 : j0 + kRows] for the group's tokens.
+template <typename T, int VEC, int kRows, int kMaxTokens>
+__global__ void __launch_bounds__(kThreads) shrink_kernel(const ShrinkParams p) {
+  using Acc = typename Elem<T>::Acc;
+  __shared__ TokenGroup<kMaxTokens> g;
+  __shared__ int64_t scratch[kWarps];
+  __shared__ Acc partial[kWarps][kMaxTokens * kRows];
+  if (threadIdx.x == 0) g.count = 0;
+  find_group<kMaxTokens>(p.map, blockIdx.x, g, scratch);
+  const int count = g.count;
+  if (count == 0) return;
+  const int tid = threadIdx.x;
+  const int64_t r = effective_rank(p.ranks, g.slot, p.num_slots, p.max_rank);
+  const int64_t j0 = static_cast<int64_t>(blockIdx.y) * kRows;
+  const int64_t rows_here = p.max_rank - j0 < kRows ? p.max_rank - j0 : kRows;
+  const int64_t computed = r - j0 < 0 ? 0 : (r - j0 < rows_here ? r - j0 : rows_here);
+  const int jn = static_cast<int>(computed);
+
+  Acc acc[kMaxTokens][kRows];
+#pragma unroll
+  for (int m = 0; m < kMaxTokens; ++m)
+#pragma unroll
+    for (int j = 0; j < kRows; ++j) acc[m][j] = Acc(0);
+
+  if (jn > 0) {
+    const T* a = static_cast<const T*>(p.lora_a) + (g.slot * p.max_rank + j0) * p.h_in;
+    const T* x = static_cast<const T*>(p.x);
+    for (int64_t k = static_cast<int64_t>(tid) * VEC; k < p.h_in; k += kThreads * VEC) {
+      Acc w[kRows][VEC];
+#pragma unroll
+      for (int j = 0; j < kRows; ++j) {
+        if (j < jn) {
+          load_vec<T, VEC>(a + j * p.h_in + k, w[j]);
+        } else {
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) w[j][e] = Acc(0);
+        }
+      }
+#pragma unroll
+      for (int m = 0; m < kMaxTokens; ++m) {
+        if (m < count) {
+          Acc xv[VEC];
+          load_vec<T, VEC>(x + g.rows[m] * p.x_stride + k, xv);
+#pragma unroll
+          for (int j = 0; j < kRows; ++j)
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) acc[m][j] += xv[e] * w[j][e];
+        }
+      }
+    }
+  }
+
+  const int lane = tid & 31, warp = tid >> 5;
+#pragma unroll
+  for (int m = 0; m < kMaxTokens; ++m)
+#pragma unroll
+    for (int j = 0; j < kRows; ++j) {
+      const Acc s = warp_sum(acc[m][j]);
+      if (lane == 0) partial[warp][m * kRows + j] = s;
+    }
+  __syncthreads();
+  Acc* v = static_cast<Acc*>(p.v);
+  for (int i = tid; i < count * kRows; i += kThreads) {
+    const int m = i / kRows, j = i % kRows;
+    if (j >= rows_here) continue;
+    Acc s = Acc(0);
+    if (j < jn) {
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) s += partial[w][i];
+    }
+    v[g.rows[m] * p.v_stride + j0 + j] = s;
+  }
+}
+
+constexpr int kRankChunk = 64;  // v columns staged in shared memory per pass
+
+// grid (T, ceil(H_out / kThreads)); one output feature per thread.
+template <typename T, int VEC, int kMaxTokens>
+__global__ void __launch_bounds__(kThreads) expand_kernel(const ExpandParams p) {
+  using Acc = typename Elem<T>::Acc;
+  __shared__ TokenGroup<kMaxTokens> g;
+  __shared__ int64_t scratch[kWarps];
+  __shared__ Acc vs[kMaxTokens][kRankChunk];
+  if (threadIdx.x == 0) g.count = 0;
+  find_group<kMaxTokens>(p.map, blockIdx.x, g, scratch);
+  const int count = g.count;
+  if (count == 0) return;
+  const int64_t r = effective_rank(p.ranks, g.slot, p.num_slots, p.max_rank);
+  if (r == 0) return;  // no adapter, or rank 0: y untouched
+  const int tid = threadIdx.x;
+  const int64_t o = static_cast<int64_t>(blockIdx.y) * kThreads + tid;
+  const bool active = o < p.h_out;
+  const T* b = static_cast<const T*>(p.lora_b) + (g.slot * p.h_out + (active ? o : 0)) * p.max_rank;
+  const Acc* v = static_cast<const Acc*>(p.v);
+
+  Acc acc[kMaxTokens];
+#pragma unroll
+  for (int m = 0; m < kMaxTokens; ++m) acc[m] = Acc(0);
+  for (int64_t c0 = 0; c0 < r; c0 += kRankChunk) {
+    const int cn = static_cast<int>(r - c0 < kRankChunk ? r - c0 : kRankChunk);
+    __syncthreads();
+    for (int i = tid; i < count * kRankChunk; i += kThreads) {
+      const int m = i / kRankChunk, j = i % kRankChunk;
+      vs[m][j] = j < cn ? v[g.rows[m] * p.v_stride + c0 + j] : Acc(0);
+    }
+    __syncthreads();
+    if (!active) continue;
+    int j = 0;
+    for (; j + VEC <= cn; j += VEC) {
+      Acc bv[VEC];
+      load_vec<T, VEC>(b + c0 + j, bv);
+#pragma unroll
+      for (int m = 0; m < kMaxTokens; ++m)
+        if (m < count)
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) acc[m] += vs[m][j + e] * bv[e];
+    }
+    for (; j < cn; ++j) {
+      const Acc bj = Elem<T>::load(b[c0 + j]);
+#pragma unroll
+      for (int m = 0; m < kMaxTokens; ++m)
+        if (m < count) acc[m] += vs[m][j] * bj;
+    }
+  }
+  if (!active) return;
+  const Acc scale = static_cast<const Acc*>(p.scaling)[g.slot];
+  const Acc bias = p.lora_bias
+                       ? Elem<T>::load(static_cast<const T*>(p.lora_bias)[g.slot * p.h_out + o])
+                       : Acc(0);
+  T* y = static_cast<T*>(p.y);
+#pragma unroll
+  for (int m = 0; m < kMaxTokens; ++m) {
+    if (m < count) {
+      T* out = y + g.rows[m] * p.y_stride + o;
+      *out = Elem<T>::store(Elem<T>::load(*out) + scale * (acc[m] + bias));
+    }
+  }
+}
+
+// One thread per (token, rank column).
+template <typename T>
+__global__ void __launch_bounds__(kThreads) embedding_shrink_kernel(const EmbeddingShrinkParams p) {
+  using Acc = typename Elem<T>::Acc;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  const int64_t t = i / p.max_rank, j = i % p.max_rank;
+  if (t >= p.map.num_tokens) return;
+  const int64_t slot = p.map.indices[t];
+  const int64_t r = effective_rank(p.ranks, slot, p.num_slots, p.max_rank);
+  const int64_t token = p.token_ids[t];
+  Acc value = Acc(0);
+  if (j < r && token >= 0 && token < p.vocab)
+    value = Elem<T>::load(static_cast<const T*>(p.lora_a)[(slot * p.max_rank + j) * p.vocab + token]);
+  static_cast<Acc*>(p.v)[t * p.v_stride + j] = value;
+}
+
+}  // namespace lora_kernels::cuda::detail

@@ -1,0 +1,26 @@
+// Expand launcher: explicit instantiations per dtype, vectorized and scalar paths.
+#include "dispatch.cuh"
+#include "lora_kernels/kernels.cuh"
+#include "lora_kernels/launch.h"
+
+namespace lora_kernels::cuda {
+namespace {
+constexpr int kMaxTokens = 8;  // tokens of one group sharing the weight stream
+}  // namespace
+
+cudaError_t launch_expand(const ExpandParams& p, cudaStream_t stream) {
+  if (p.map.num_tokens == 0 || p.max_rank == 0 || p.h_out == 0) return cudaSuccess;
+  const dim3 grid(static_cast<unsigned>(p.map.num_tokens), detail::ceil_div(p.h_out, detail::kThreads));
+  return detail::dispatch_dtype(p.dtype, [&](auto elem) {
+    using T = decltype(elem);
+    constexpr int kVec = 16 / sizeof(T);
+    const bool vectorized = p.max_rank % kVec == 0 && detail::aligned16(p.lora_b);
+    if (vectorized)
+      detail::expand_kernel<T, kVec, kMaxTokens><<<grid, detail::kThreads, 0, stream>>>(p);
+    else
+      detail::expand_kernel<T, 1, kMaxTokens><<<grid, detail::kThreads, 0, stream>>>(p);
+    return cudaGetLastError();
+  });
+}
+
+}  // namespace lora_kernels::cuda

@@ -1,0 +1,64 @@
+// Op schemas (declared once) and the CPU registration.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "../cpu/lora_cpu.h"
+#include "op_impl.h"
+
+namespace lora_kernels::binding {
+namespace {
+
+constexpr int64_t kCpuGroupTokens = 32;  // tokens per work item sharing one pass over the weights
+
+cpu::Plan plan_for(const TokenMap& map, int64_t num_slots) {
+  cpu::Plan plan;
+  const std::string error = cpu::build_plan(map, num_slots, kCpuGroupTokens, &plan);
+  TORCH_CHECK(error.empty(), error);  // values were checked before; kept as a guard
+  return plan;
+}
+
+struct CpuBackend {
+  static constexpr bool kAlwaysCheckValues = true;  // index values are on the host already
+  struct Guard {
+    explicit Guard(const at::Device&) {}
+  };
+  static void shrink(const ShrinkParams& p) {
+    const cpu::Plan plan = plan_for(p.map, p.num_slots);
+    const int64_t units = static_cast<int64_t>(plan.items.size()) * cpu::shrink_column_blocks(p);
+    at::parallel_for(0, units, 1, [&](int64_t b, int64_t e) { cpu::shrink(p, plan, b, e); });
+  }
+  static void expand(const ExpandParams& p) {
+    const cpu::Plan plan = plan_for(p.map, p.num_slots);
+    const int64_t units = static_cast<int64_t>(plan.items.size()) * cpu::expand_column_blocks(p);
+    at::parallel_for(0, units, 1, [&](int64_t b, int64_t e) { cpu::expand(p, plan, b, e); });
+  }
+  static void embedding_shrink(const EmbeddingShrinkParams& p) {
+    const cpu::Plan plan = plan_for(p.map, p.num_slots);
+    const int64_t items = static_cast<int64_t>(plan.items.size());
+    at::parallel_for(0, items, 1, [&](int64_t b, int64_t e) { cpu::embedding_shrink(p, plan, b, e); });
+  }
+};
+
+}  // namespace
+}  // namespace lora_kernels::binding
+
+TORCH_LIBRARY(lora_kernels, m) {
+  m.def("bgmv_shrink(Tensor x, Tensor lora_a, Tensor indices, Tensor? ranks=None) -> Tensor");
+  m.def(
+      "bgmv_expand(Tensor(a!) y, Tensor v, Tensor lora_b, Tensor indices, Tensor scaling, Tensor? ranks=None, "
+      "Tensor? lora_bias=None) -> ()");
+  m.def("sgmv_shrink(Tensor x, Tensor lora_a, Tensor seg_indptr, Tensor seg_adapter, Tensor? ranks=None) -> Tensor");
+  m.def(
+      "sgmv_expand(Tensor(a!) y, Tensor v, Tensor lora_b, Tensor seg_indptr, Tensor seg_adapter, Tensor scaling, "
+      "Tensor? ranks=None, Tensor? lora_bias=None) -> ()");
+  m.def(
+      "add_lora(Tensor(a!) y, Tensor x, Tensor lora_a, Tensor lora_b, Tensor scaling, Tensor? indices=None, *, "
+      "Tensor? seg_indptr=None, Tensor? seg_adapter=None, Tensor? ranks=None, Tensor? lora_bias=None) -> ()");
+  m.def(
+      "add_lora_embedding(Tensor(a!) y, Tensor token_ids, Tensor lora_a, Tensor lora_b, Tensor scaling, "
+      "Tensor indices, Tensor? ranks=None) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(lora_kernels, CPU, m) {
+  lora_kernels::binding::register_ops<lora_kernels::binding::CpuBackend>(m);
+}

@@ -1,0 +1,31 @@
+// CUDA registration: launches on the current stream, no host synchronization (index values
+// are checked on the host only under LORA_KERNELS_DEBUG=1; kernels stay in bounds anyway).
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "lora_kernels/launch.h"
+#include "op_impl.h"
+
+namespace lora_kernels::binding {
+namespace {
+
+cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+
+struct CudaBackend {
+  static constexpr bool kAlwaysCheckValues = false;
+  using Guard = c10::cuda::CUDAGuard;
+  static void shrink(const ShrinkParams& p) { C10_CUDA_CHECK(cuda::launch_shrink(p, current_stream())); }
+  static void expand(const ExpandParams& p) { C10_CUDA_CHECK(cuda::launch_expand(p, current_stream())); }
+  static void embedding_shrink(const EmbeddingShrinkParams& p) {
+    C10_CUDA_CHECK(cuda::launch_embedding_shrink(p, current_stream()));
+  }
+};
+
+}  // namespace
+}  // namespace lora_kernels::binding
+
+TORCH_LIBRARY_IMPL(lora_kernels, CUDA, m) {
+  lora_kernels::binding::register_ops<lora_kernels::binding::CudaBackend>(m);
+}

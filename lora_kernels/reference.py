@@ -1,0 +1,151 @@
+"""Plain-torch reference of every op: the oracle of the test suite.
+
+Same names, arguments and semantics as :mod:`lora_kernels.ops` (DESIGN §1), written for
+clarity, not speed, and for any floating dtype (float64 included). For every token ``t`` with
+adapter slot ``a = indices[t]``::
+
+    v[t]  = x[t] @ lora_a[a, :r_a].T                       (fp32, or float64 for float64 input)
+    y[t] += scaling[a] * (v[t, :r_a] @ lora_b[a, :, :r_a].T + lora_bias[a])
+
+``a == -1`` or ``r_a == 0`` leaves ``y[t]`` untouched; ``v[t]`` is zero past ``r_a``.
+No argument checking happens here beyond what torch itself does.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "bgmv_shrink",
+    "bgmv_expand",
+    "sgmv_shrink",
+    "sgmv_expand",
+    "add_lora",
+    "add_lora_embedding",
+    "segments_to_indices",
+]
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp32 accumulation for fp16/bf16/fp32; float64 stays float64."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _slot_ranks(ranks: Tensor | None, indices: Tensor, max_rank: int) -> Tensor:
+    """Per-token rank r_a (0 for a == -1)."""
+    idx = indices.long()
+    if ranks is None:
+        r = torch.full_like(idx, max_rank)
+    else:
+        r = ranks.long().to(idx.device)[idx.clamp(min=0)]
+    return torch.where(idx >= 0, r, torch.zeros_like(r))
+
+
+def segments_to_indices(seg_indptr: Tensor, seg_adapter: Tensor) -> Tensor:
+    """Per-token adapter slots from segments: token t in [indptr[s], indptr[s+1]) -> adapter[s]."""
+    lengths = (seg_indptr[1:] - seg_indptr[:-1]).long()
+    return torch.repeat_interleave(seg_adapter.long(), lengths)
+
+
+def bgmv_shrink(x: Tensor, lora_a: Tensor, indices: Tensor, ranks: Tensor | None = None) -> Tensor:
+    """v[t, j] = x[t] . lora_a[a, j] for j < r_a, else 0.  Shapes: x [T, H_in], lora_a [N, R, H_in]."""
+    acc = _acc_dtype(x.dtype)
+    R = lora_a.shape[1]
+    idx = indices.long().to(x.device)
+    weights = lora_a[idx.clamp(min=0)].to(acc)  # [T, R, H_in]
+    v = torch.einsum("tk,trk->tr", x.to(acc), weights)
+    keep = torch.arange(R, device=x.device)[None, :] < _slot_ranks(ranks, idx, R)[:, None]
+    return torch.where(keep, v, torch.zeros_like(v))
+
+
+def bgmv_expand(
+    y: Tensor,
+    v: Tensor,
+    lora_b: Tensor,
+    indices: Tensor,
+    scaling: Tensor,
+    ranks: Tensor | None = None,
+    lora_bias: Tensor | None = None,
+) -> Tensor:
+    """y[t] += scaling[a] * (v[t, :r_a] @ lora_b[a, :, :r_a].T + lora_bias[a]); in place, returns y."""
+    acc = _acc_dtype(y.dtype)
+    R = lora_b.shape[2]
+    idx = indices.long().to(y.device)
+    r = _slot_ranks(ranks, idx, R)
+    rows = torch.nonzero(r > 0).flatten()
+    if rows.numel() == 0:
+        return y
+    a = idx[rows]
+    keep = torch.arange(R, device=y.device)[None, :] < r[rows, None]
+    vv = torch.where(keep, v[rows].to(acc), torch.zeros((), dtype=acc, device=y.device))
+    delta = torch.einsum("tr,tor->to", vv, lora_b[a].to(acc))
+    if lora_bias is not None:
+        delta = delta + lora_bias[a].to(acc)
+    delta = delta * scaling.to(device=y.device, dtype=acc)[a, None]
+    y[rows] = (y[rows].to(acc) + delta).to(y.dtype)
+    return y
+
+
+def sgmv_shrink(
+    x: Tensor, lora_a: Tensor, seg_indptr: Tensor, seg_adapter: Tensor, ranks: Tensor | None = None
+) -> Tensor:
+    """bgmv_shrink with the per-token slots given as segments."""
+    return bgmv_shrink(x, lora_a, segments_to_indices(seg_indptr, seg_adapter), ranks)
+
+
+def sgmv_expand(
+    y: Tensor,
+    v: Tensor,
+    lora_b: Tensor,
+    seg_indptr: Tensor,
+    seg_adapter: Tensor,
+    scaling: Tensor,
+    ranks: Tensor | None = None,
+    lora_bias: Tensor | None = None,
+) -> Tensor:
+    """bgmv_expand with the per-token slots given as segments."""
+    indices = segments_to_indices(seg_indptr, seg_adapter)
+    return bgmv_expand(y, v, lora_b, indices, scaling, ranks, lora_bias)
+
+
+def add_lora(
+    y: Tensor,
+    x: Tensor,
+    lora_a: Tensor,
+    lora_b: Tensor,
+    scaling: Tensor,
+    indices: Tensor | None = None,
+    *,
+    seg_indptr: Tensor | None = None,
+    seg_adapter: Tensor | None = None,
+    ranks: Tensor | None = None,
+    lora_bias: Tensor | None = None,
+) -> Tensor:
+    """y[t] += scaling[a] * ((x[t] @ A[a,:r].T) @ B[a,:,:r].T + bias[a]); per-token or segments."""
+    if indices is None:
+        indices = segments_to_indices(seg_indptr, seg_adapter)
+    v = bgmv_shrink(x, lora_a, indices, ranks)
+    return bgmv_expand(y, v, lora_b, indices, scaling, ranks, lora_bias)
+
+
+def add_lora_embedding(
+    y: Tensor,
+    token_ids: Tensor,
+    lora_a: Tensor,
+    lora_b: Tensor,
+    scaling: Tensor,
+    indices: Tensor,
+    ranks: Tensor | None = None,
+) -> Tensor:
+    """y[t] += scaling[a] * lora_b[a, :, :r] @ lora_a[a, :r, token_ids[t]].
+
+    Shapes: y [T, dim], token_ids [T], lora_a [N, R, vocab], lora_b [N, dim, R].
+    """
+    acc = _acc_dtype(y.dtype)
+    R = lora_a.shape[1]
+    idx = indices.long().to(y.device)
+    cols = lora_a[idx.clamp(min=0), :, token_ids.long().to(y.device)].to(acc)  # [T, R]
+    keep = torch.arange(R, device=y.device)[None, :] < _slot_ranks(ranks, idx, R)[:, None]
+    v = torch.where(keep, cols, torch.zeros_like(cols))
+    return bgmv_expand(y, v, lora_b, idx, scaling, ranks)
