@@ -74,7 +74,8 @@ macros = [
     ("LK_CUDA_VERSION", f'"{cuda_version}"'),
     ("LK_CUDA_ARCHS", f'"{archs}"'),
 ]
-cxx_flags = ["-O3", "-std=c++20", "-fvisibility=hidden"]
+# -fopenmp: at::parallel_for is inline code that runs serially in a TU built without OpenMP.
+cxx_flags = ["-O3", "-std=c++20", "-fvisibility=hidden", "-fopenmp"]
 extra = {"cxx": cxx_flags}
 if with_cuda:
     sources += ["csrc/torch/ops_cuda.cpp"] + sorted(glob.glob("csrc/kernels/*.cu"))
@@ -110,6 +111,7 @@ setup(
             include_dirs=[os.path.join(HERE, "csrc/include")],
             define_macros=macros,
             extra_compile_args=extra,
+            extra_link_args=["-fopenmp"],
         )
     ],
     cmdclass={"build_ext": BuildWithFacts},

@@ -53,10 +53,10 @@ def bgmv_shrink(x: Tensor, lora_a: Tensor, indices: Tensor, ranks: Tensor | None
     acc = _acc_dtype(x.dtype)
     R = lora_a.shape[1]
     idx = indices.long().to(x.device)
-    weights = lora_a[idx.clamp(min=0)].to(acc)  # [T, R, H_in]
-    v = torch.einsum("tk,trk->tr", x.to(acc), weights)
-    keep = torch.arange(R, device=x.device)[None, :] < _slot_ranks(ranks, idx, R)[:, None]
-    return torch.where(keep, v, torch.zeros_like(v))
+    keep = torch.arange(R, device=x.device)[None, :] < _slot_ranks(ranks, idx, R)[:, None]  # [T, R]
+    # Padding rows are replaced (not multiplied) by zeros, so whatever they hold never matters.
+    weights = torch.where(keep[:, :, None], lora_a[idx.clamp(min=0)].to(acc), 0.0)  # [T, R, H_in]
+    return torch.einsum("tk,trk->tr", x.to(acc), weights)
 
 
 def bgmv_expand(
@@ -77,9 +77,10 @@ def bgmv_expand(
     if rows.numel() == 0:
         return y
     a = idx[rows]
-    keep = torch.arange(R, device=y.device)[None, :] < r[rows, None]
-    vv = torch.where(keep, v[rows].to(acc), torch.zeros((), dtype=acc, device=y.device))
-    delta = torch.einsum("tr,tor->to", vv, lora_b[a].to(acc))
+    keep = torch.arange(R, device=y.device)[None, :] < r[rows, None]  # [T', R]
+    vv = torch.where(keep, v[rows].to(acc), 0.0)
+    weights = torch.where(keep[:, None, :], lora_b[a].to(acc), 0.0)  # [T', H_out, R], padding zeroed
+    delta = torch.einsum("tr,tor->to", vv, weights)
     if lora_bias is not None:
         delta = delta + lora_bias[a].to(acc)
     delta = delta * scaling.to(device=y.device, dtype=acc)[a, None]
@@ -147,5 +148,5 @@ def add_lora_embedding(
     idx = indices.long().to(y.device)
     cols = lora_a[idx.clamp(min=0), :, token_ids.long().to(y.device)].to(acc)  # [T, R]
     keep = torch.arange(R, device=y.device)[None, :] < _slot_ranks(ranks, idx, R)[:, None]
-    v = torch.where(keep, cols, torch.zeros_like(cols))
+    v = torch.where(keep, cols, 0.0)
     return bgmv_expand(y, v, lora_b, idx, scaling, ranks)

@@ -29,27 +29,42 @@ std::string index_error(const char* name, int64_t pos, int64_t value, const char
 }
 
 // acc[m * J + j] += sum_k x[m][k] * w[j][k], k < len: the shrink's inner product tile.
+// Every loop over MT / JT is unrolled so the MT * JT vector accumulators live in registers.
 template <typename Acc, int MT, int JT>
 inline __attribute__((always_inline)) void dot_tile(const Acc* const* x, const Acc* const* w,
                                                     int64_t len, Acc* acc, int64_t J) {
   constexpr int kLanes = 32 / sizeof(Acc);
   typedef Acc VecT __attribute__((vector_size(32)));
-  VecT s[MT][JT];
-  for (int m = 0; m < MT; ++m)
-    for (int j = 0; j < JT; ++j) s[m][j] = VecT{};
+  const Acc* xr[MT];
+  const Acc* wr[JT];
+#pragma GCC unroll 8
+  for (int m = 0; m < MT; ++m) xr[m] = x[m];
+#pragma GCC unroll 8
+  for (int j = 0; j < JT; ++j) wr[j] = w[j];
+  VecT s[MT * JT];
+#pragma GCC unroll 16
+  for (int i = 0; i < MT * JT; ++i) s[i] = VecT{};
   int64_t k = 0;
   for (; k + kLanes <= len; k += kLanes) {
     VecT xv[MT], wv[JT];
-    for (int m = 0; m < MT; ++m) std::memcpy(&xv[m], x[m] + k, sizeof(VecT));
-    for (int j = 0; j < JT; ++j) std::memcpy(&wv[j], w[j] + k, sizeof(VecT));
+#pragma GCC unroll 8
+    for (int m = 0; m < MT; ++m) std::memcpy(&xv[m], xr[m] + k, sizeof(VecT));
+#pragma GCC unroll 8
+    for (int j = 0; j < JT; ++j) std::memcpy(&wv[j], wr[j] + k, sizeof(VecT));
+#pragma GCC unroll 8
     for (int m = 0; m < MT; ++m)
-      for (int j = 0; j < JT; ++j) s[m][j] += xv[m] * wv[j];
+#pragma GCC unroll 8
+      for (int j = 0; j < JT; ++j) s[m * JT + j] += xv[m] * wv[j];
   }
+#pragma GCC unroll 8
   for (int m = 0; m < MT; ++m)
+#pragma GCC unroll 8
     for (int j = 0; j < JT; ++j) {
+      Acc lanes[kLanes];
+      std::memcpy(lanes, &s[m * JT + j], sizeof(lanes));
       Acc total = 0;
-      for (int l = 0; l < kLanes; ++l) total += s[m][j][l];
-      for (int64_t kk = k; kk < len; ++kk) total += x[m][kk] * w[j][kk];
+      for (int l = 0; l < kLanes; ++l) total += lanes[l];
+      for (int64_t kk = k; kk < len; ++kk) total += xr[m][kk] * wr[j][kk];
       acc[m * J + j] += total;
     }
 }
@@ -80,19 +95,41 @@ LK_CPU_CLONES void dot_block(const double* const* x, int64_t M, const double* co
   dot_block_impl<double>(x, M, w, J, len, acc);
 }
 
-// out[m][o] = sum_j v[m][j] * bt[j][o] for o < kOBlock: the expand's tile (bt is B transposed).
+// out[m][o] = sum_j v[m][j] * bt[j][o] for o < kOBlock: the expand's tile (bt is B transposed,
+// [r][kOBlock]). MT tokens x two vectors of outputs per pass keep 2 * MT accumulators in registers.
+template <typename Acc, int MT>
+inline __attribute__((always_inline)) void expand_rows(const Acc* const* v, const Acc* bt, int64_t r, Acc* out) {
+  constexpr int kLanes = 32 / sizeof(Acc);
+  typedef Acc VecT __attribute__((vector_size(32)));
+  for (int64_t o = 0; o < kOBlock; o += 2 * kLanes) {
+    VecT acc[MT * 2];
+#pragma GCC unroll 16
+    for (int i = 0; i < MT * 2; ++i) acc[i] = VecT{};
+    for (int64_t j = 0; j < r; ++j) {
+      VecT b0, b1;
+      std::memcpy(&b0, bt + j * kOBlock + o, sizeof(VecT));
+      std::memcpy(&b1, bt + j * kOBlock + o + kLanes, sizeof(VecT));
+#pragma GCC unroll 8
+      for (int m = 0; m < MT; ++m) {
+        const VecT vm = VecT{} + v[m][j];  // broadcast
+        acc[2 * m] += vm * b0;
+        acc[2 * m + 1] += vm * b1;
+      }
+    }
+#pragma GCC unroll 8
+    for (int m = 0; m < MT; ++m) {
+      std::memcpy(out + m * kOBlock + o, &acc[2 * m], sizeof(VecT));
+      std::memcpy(out + m * kOBlock + o + kLanes, &acc[2 * m + 1], sizeof(VecT));
+    }
+  }
+}
+
 template <typename Acc>
 inline __attribute__((always_inline)) void expand_tile_impl(const Acc* const* v, int64_t M,
                                                             const Acc* bt, int64_t r, Acc* out) {
-  for (int64_t m = 0; m < M; ++m) {
-    Acc o_acc[kOBlock] = {};
-    for (int64_t j = 0; j < r; ++j) {
-      const Acc vj = v[m][j];
-      const Acc* row = bt + j * kOBlock;
-      for (int64_t o = 0; o < kOBlock; ++o) o_acc[o] += vj * row[o];
-    }
-    std::memcpy(out + m * kOBlock, o_acc, sizeof(o_acc));
-  }
+  int64_t m = 0;
+  for (; m + 4 <= M; m += 4) expand_rows<Acc, 4>(v + m, bt, r, out + m * kOBlock);
+  for (; m < M; ++m) expand_rows<Acc, 1>(v + m, bt, r, out + m * kOBlock);
 }
 LK_CPU_CLONES void expand_tile(const float* const* v, int64_t M, const float* bt, int64_t r,
                                float* out) {
@@ -188,21 +225,23 @@ void expand_unit(const ExpandParams& p, const Plan& plan, int64_t unit) {
 
   std::vector<Acc>& bt = scratch<Acc>(1);
   std::vector<Acc>& out = scratch<Acc>(2);
-  bt.assign(static_cast<size_t>(r * kOBlock), Acc(0));
+  bt.resize(static_cast<size_t>(r * kOBlock));  // columns past `on` in a tail block are unused
   out.resize(static_cast<size_t>(M * kOBlock));
+  Acc bias_block[kOBlock] = {};
   for (int64_t o0 = o_begin; o0 < o_end; o0 += kOBlock) {
     const int64_t on = std::min(kOBlock, o_end - o0);
-    for (int64_t o = 0; o < on; ++o)
-      for (int64_t j = 0; j < r; ++j)
-        bt[j * kOBlock + o] = Numeric<T>::load(b[(o0 + o) * p.max_rank + j]);
+    for (int64_t o = 0; o < on; ++o) {
+      const T* row = b + (o0 + o) * p.max_rank;
+      for (int64_t j = 0; j < r; ++j) bt[j * kOBlock + o] = Numeric<T>::load(row[j]);
+    }
+    if (bias)
+      for (int64_t o = 0; o < on; ++o) bias_block[o] = Numeric<T>::load(bias[o0 + o]);
     expand_tile(vp.data(), M, bt.data(), r, out.data());
     for (int64_t m = 0; m < M; ++m) {
-      T* y = static_cast<T*>(p.y) + rows[m] * p.y_stride + o0;
-      const Acc* delta = out.data() + m * kOBlock;
-      for (int64_t o = 0; o < on; ++o) {
-        const Acc lora = bias ? delta[o] + Numeric<T>::load(bias[o0 + o]) : delta[o];
-        y[o] = Numeric<T>::store(Numeric<T>::load(y[o]) + scale * lora);
-      }
+      T* __restrict y = static_cast<T*>(p.y) + rows[m] * p.y_stride + o0;
+      const Acc* __restrict delta = out.data() + m * kOBlock;
+      for (int64_t o = 0; o < on; ++o)
+        y[o] = Numeric<T>::store(Numeric<T>::load(y[o]) + scale * (delta[o] + bias_block[o]));
     }
   }
 }

@@ -70,9 +70,9 @@ void add_lora_op(const Tensor& y, const Tensor& x, const Tensor& lora_a, const T
   const TokenMap map = make_token_map(op, T, x, "x", indices, seg_indptr, seg_adapter);
   Tensor v, scaling_acc;
   const ShrinkParams sp = prepare_shrink(op, x, lora_a, map, ranks, &v);
-  const ExpandParams ep = prepare_expand(op, y, v, lora_b, scaling, lora_bias, map, ranks, &scaling_acc);
   TORCH_CHECK(y.scalar_type() == x.scalar_type(), op, ": y must have the same dtype as x (", x.scalar_type(),
               "), got ", y.scalar_type(), ".");
+  const ExpandParams ep = prepare_expand(op, y, v, lora_b, scaling, lora_bias, map, ranks, &scaling_acc);
   check_index_values<Backend>(op, map, indices, seg_indptr, seg_adapter, ranks, sp.num_slots, sp.max_rank);
   Backend::shrink(sp);
   Backend::expand(ep);

@@ -8,11 +8,15 @@
 namespace lora_kernels::binding {
 namespace {
 
-constexpr int64_t kCpuGroupTokens = 32;  // tokens per work item sharing one pass over the weights
+// Tokens per work item sharing one pass over an adapter's weights. The shrink stages the items'
+// rows of x block by block, so its items stay small; the expand transposes a block of B once
+// per item, so larger items amortize that.
+constexpr int64_t kShrinkGroupTokens = 32;
+constexpr int64_t kExpandGroupTokens = 128;
 
-cpu::Plan plan_for(const TokenMap& map, int64_t num_slots) {
+cpu::Plan plan_for(const TokenMap& map, int64_t num_slots, int64_t group_tokens) {
   cpu::Plan plan;
-  const std::string error = cpu::build_plan(map, num_slots, kCpuGroupTokens, &plan);
+  const std::string error = cpu::build_plan(map, num_slots, group_tokens, &plan);
   TORCH_CHECK(error.empty(), error);  // values were checked before; kept as a guard
   return plan;
 }
@@ -23,17 +27,17 @@ struct CpuBackend {
     explicit Guard(const at::Device&) {}
   };
   static void shrink(const ShrinkParams& p) {
-    const cpu::Plan plan = plan_for(p.map, p.num_slots);
+    const cpu::Plan plan = plan_for(p.map, p.num_slots, kShrinkGroupTokens);
     const int64_t units = static_cast<int64_t>(plan.items.size()) * cpu::shrink_column_blocks(p);
     at::parallel_for(0, units, 1, [&](int64_t b, int64_t e) { cpu::shrink(p, plan, b, e); });
   }
   static void expand(const ExpandParams& p) {
-    const cpu::Plan plan = plan_for(p.map, p.num_slots);
+    const cpu::Plan plan = plan_for(p.map, p.num_slots, kExpandGroupTokens);
     const int64_t units = static_cast<int64_t>(plan.items.size()) * cpu::expand_column_blocks(p);
     at::parallel_for(0, units, 1, [&](int64_t b, int64_t e) { cpu::expand(p, plan, b, e); });
   }
   static void embedding_shrink(const EmbeddingShrinkParams& p) {
-    const cpu::Plan plan = plan_for(p.map, p.num_slots);
+    const cpu::Plan plan = plan_for(p.map, p.num_slots, kExpandGroupTokens);
     const int64_t items = static_cast<int64_t>(plan.items.size());
     at::parallel_for(0, items, 1, [&](int64_t b, int64_t e) { cpu::embedding_shrink(p, plan, b, e); });
   }

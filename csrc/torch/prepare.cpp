@@ -35,8 +35,11 @@ void check_dim(const char* op, const char* name, const Tensor& t, int64_t dim, c
 
 void check_size(const char* op, const char* name, const Tensor& t, int64_t d, int64_t expected,
                 const char* layout, const char* what) {
-  TORCH_CHECK(t.size(d) == expected, op, ": ", name, " must have shape ", layout, " with ", what, " = ", expected,
-              ", got shape ", shape_str(t), ".");
+  // `what` is "SYMBOL (from ARG)": printed as "SYMBOL = value (from ARG)".
+  const std::string w(what);
+  const size_t cut = w.find(" (");
+  TORCH_CHECK(t.size(d) == expected, op, ": ", name, " must have shape ", layout, " with ", w.substr(0, cut), " = ",
+              expected, cut == std::string::npos ? "" : w.substr(cut), ", got shape ", shape_str(t), ".");
 }
 
 void check_same_dtype(const char* op, const char* name, const Tensor& t, const Tensor& ref, const char* ref_name) {
@@ -62,7 +65,7 @@ IndexVec index_vec(const char* op, const char* name, const Tensor& t, int64_t si
               shape_str(t), ".");
   check_device(op, name, t, ref, ref_name);
   check_contiguous(op, name, t);
-  return IndexVec{t.data_ptr(), t.scalar_type() == at::kLong};
+  return IndexVec{t.data_ptr(), t.scalar_type() == at::kLong, true};
 }
 
 DType to_dtype(at::ScalarType t) {
@@ -82,7 +85,7 @@ void check_float(const char* op, const char* name, const Tensor& t) {
 // Host copy of an index tensor for value checks (a no-op for CPU tensors).
 Tensor host(const OptTensor& t) { return t.has_value() ? t->cpu() : Tensor(); }
 IndexVec host_vec(const Tensor& t) {
-  return t.defined() ? IndexVec{t.data_ptr(), t.scalar_type() == at::kLong} : IndexVec{};
+  return t.defined() ? IndexVec{t.data_ptr(), t.scalar_type() == at::kLong, true} : IndexVec{};
 }
 
 }  // namespace

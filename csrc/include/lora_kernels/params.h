@@ -28,8 +28,9 @@ enum class DType : int32_t { kFloat16 = 0, kBFloat16 = 1, kFloat32 = 2, kFloat64
 struct IndexVec {
   const void* data = nullptr;
   bool is_int64 = false;
+  bool given = false;  // explicit: an empty tensor's data pointer may be null
 
-  LK_HOST_DEVICE bool present() const { return data != nullptr; }
+  LK_HOST_DEVICE bool present() const { return given; }
   LK_HOST_DEVICE int64_t operator[](int64_t i) const {
     return is_int64 ? static_cast<const int64_t*>(data)[i]
                     : static_cast<int64_t>(static_cast<const int32_t*>(data)[i]);

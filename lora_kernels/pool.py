@@ -1,0 +1,248 @@
+"""LoRAPool: the stacked, zero-padded adapter weights of one module, in the layout the ops read.
+
+For every token ``t`` with adapter slot ``a`` (DESIGN §1)::
+
+    y[t] += scaling[a] * ((x[t] @ lora_a[a, :r].T) @ lora_b[a, :, :r].T + lora_bias[a])
+
+with ``r = ranks[a]``; ``a == -1`` (no adapter) leaves ``y[t]`` untouched.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+from torch import Tensor
+
+__all__ = ["LoRAPool"]
+
+
+def _shape(t: Tensor) -> str:
+    return "[" + ", ".join(str(d) for d in t.shape) + "]"
+
+
+class LoRAPool:
+    """Fixed-size storage for up to ``N`` adapters of one module, ranks up to ``R``.
+
+    Slot ``a`` holds one adapter; the ops compute, for each token ``t`` served by slot ``a``::
+
+        y[t] += scaling[a] * ((x[t] @ lora_a[a, :r].T) @ lora_b[a, :, :r].T + lora_bias[a])
+
+    with ``r = ranks[a]``. Tensors (vocabulary ``N = max_adapters``, ``R = max_rank``,
+    ``H_in = in_features``, ``H_out = out_features``), all contiguous, all zero in a free slot:
+
+    - ``lora_a``: ``[N, R, H_in]``, ``dtype``: PEFT's ``lora_A.weight`` (``[r, H_in]``) in rows
+      ``0..r-1``, zeros below.
+    - ``lora_b``: ``[N, H_out, R]``, ``dtype``: PEFT's ``lora_B.weight`` (``[H_out, r]``) in
+      columns ``0..r-1``, zeros right of them.
+    - ``scaling``: ``[N]`` float32, the scale of each slot (see :func:`lora_kernels.lora_scaling`).
+    - ``ranks``: ``[N]`` int32, ``r`` of each slot (0 when free, which contributes nothing).
+    - ``lora_bias``: ``[N, H_out]``, ``dtype`` (PEFT's ``lora_B.bias``), or ``None`` when the
+      pool was built with ``bias=False``.
+
+    The same pool serves embedding LoRA: PEFT's ``lora_embedding_A`` is ``[r, vocab]`` and
+    ``lora_embedding_B`` is ``[dim, r]``, so build it with ``in_features = vocab`` and
+    ``out_features = dim`` and feed it to :func:`lora_kernels.add_lora_embedding`.
+
+    Inference only: writes happen under ``torch.no_grad()`` and no tensor requires grad.
+
+    Example::
+
+        pool = LoRAPool(4096, 4096, max_adapters=8, max_rank=64, dtype=torch.bfloat16)
+        slot = pool.add(peft_lora_A, peft_lora_B, lora_scaling(16, 8))
+        lk.add_lora(y, x, pool.lora_a, pool.lora_b, pool.scaling, indices, ranks=pool.ranks)
+        pool.remove(slot)
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        max_adapters: int,
+        max_rank: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        bias: bool = False,
+    ) -> None:
+        for name, value in (
+            ("in_features", in_features),
+            ("out_features", out_features),
+            ("max_adapters", max_adapters),
+            ("max_rank", max_rank),
+        ):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"LoRAPool: {name} must be a positive int, got {value!r}.")
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"LoRAPool: dtype must be a floating torch.dtype, got {dtype!r}.")
+        if not isinstance(bias, bool):
+            raise TypeError(f"LoRAPool: bias must be a bool, got {bias!r}.")
+
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+        self.max_adapters = int(max_adapters)
+        self.max_rank = int(max_rank)
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self.has_bias = bias
+
+        N, R, H_in, H_out = self.max_adapters, self.max_rank, self.in_features, self.out_features
+        self.lora_a = torch.zeros(N, R, H_in, dtype=dtype, device=self.device)
+        self.device = self.lora_a.device  # "cuda" -> "cuda:0": the device the tensors are on
+        self.lora_b = torch.zeros(N, H_out, R, dtype=dtype, device=self.device)
+        self.scaling = torch.zeros(N, dtype=torch.float32, device=self.device)
+        self.ranks = torch.zeros(N, dtype=torch.int32, device=self.device)
+        self.lora_bias: Tensor | None = (
+            torch.zeros(N, H_out, dtype=dtype, device=self.device) if bias else None
+        )
+        self._used: set[int] = set()
+
+    # --- read-only views of the occupancy ---------------------------------------------------
+
+    @property
+    def used_slots(self) -> list[int]:
+        """Slots currently holding an adapter, sorted."""
+        return sorted(self._used)
+
+    @property
+    def num_free(self) -> int:
+        """Number of slots that :meth:`add` can still fill."""
+        return self.max_adapters - len(self._used)
+
+    def __len__(self) -> int:
+        return len(self._used)
+
+    def __repr__(self) -> str:
+        return (
+            f"LoRAPool(in_features={self.in_features}, out_features={self.out_features}, "
+            f"max_adapters={self.max_adapters}, max_rank={self.max_rank}, dtype={self.dtype}, "
+            f"device={str(self.device)!r}, bias={self.has_bias}, used={len(self)})"
+        )
+
+    # --- writes -------------------------------------------------------------------------------
+
+    def add(
+        self,
+        lora_A: Tensor,
+        lora_B: Tensor,
+        scaling: float,
+        lora_bias: Tensor | None = None,
+    ) -> int:
+        """Copy one adapter into the lowest free slot and return that slot.
+
+        Args:
+            lora_A: PEFT's ``lora_A.weight`` (or ``lora_embedding_A``), ``[r, H_in]``, floating.
+            lora_B: PEFT's ``lora_B.weight`` (or ``lora_embedding_B``), ``[H_out, r]``, floating.
+            scaling: the adapter's scale for this module, a finite real number
+                (``lora_scaling(alpha, r, use_rslora)``).
+            lora_bias: PEFT's ``lora_B.bias``, ``[H_out]``; only for a pool built with
+                ``bias=True`` (zeros when omitted there).
+
+        Everything is checked before anything is written: a refused adapter leaves the pool
+        exactly as it was. Weights are converted to the pool's dtype and device.
+        """
+        H_in, H_out, R = self.in_features, self.out_features, self.max_rank
+        for name, t in (("lora_A", lora_A), ("lora_B", lora_B)):
+            if not isinstance(t, Tensor):
+                raise TypeError(
+                    f"LoRAPool.add: {name} must be a torch.Tensor, got {type(t).__name__}."
+                )
+            if not t.is_floating_point():
+                raise TypeError(
+                    f"LoRAPool.add: {name} must be a floating-point tensor, got dtype {t.dtype}."
+                )
+            if t.dim() != 2:
+                raise ValueError(
+                    f"LoRAPool.add: {name} must be a 2-D tensor, got {t.dim()}-D "
+                    f"with shape {_shape(t)}."
+                )
+        if lora_A.shape[1] != H_in:
+            raise ValueError(
+                f"LoRAPool.add: lora_A must have shape [r, H_in] = [r, {H_in}], "
+                f"got {_shape(lora_A)}."
+            )
+        if lora_B.shape[0] != H_out:
+            raise ValueError(
+                f"LoRAPool.add: lora_B must have shape [H_out, r] = [{H_out}, r], "
+                f"got {_shape(lora_B)}."
+            )
+        rank = lora_A.shape[0]
+        if lora_B.shape[1] != rank:
+            raise ValueError(
+                f"LoRAPool.add: lora_B must have shape [H_out, r] = [{H_out}, {rank}] "
+                f"(r from lora_A), got {_shape(lora_B)}."
+            )
+        if not 1 <= rank <= R:
+            raise ValueError(
+                f"LoRAPool.add: the rank r = lora_A.shape[0] must be in [1, max_rank] = "
+                f"[1, {R}], got {rank}."
+            )
+        if isinstance(scaling, bool) or not isinstance(scaling, numbers.Real):
+            raise TypeError(
+                f"LoRAPool.add: scaling must be a finite real number (int or float), "
+                f"got {scaling!r} of type {type(scaling).__name__}."
+            )
+        if not math.isfinite(scaling):
+            raise ValueError(
+                f"LoRAPool.add: scaling must be a finite real number, got {scaling!r}."
+            )
+        if lora_bias is not None:
+            if self.lora_bias is None:
+                raise ValueError(
+                    "LoRAPool.add: lora_bias was given but this pool was built with bias=False; "
+                    "build it with bias=True to serve adapters with a lora_B bias."
+                )
+            if not isinstance(lora_bias, Tensor) or not lora_bias.is_floating_point():
+                raise TypeError(
+                    f"LoRAPool.add: lora_bias must be a floating-point tensor, got "
+                    f"{getattr(lora_bias, 'dtype', type(lora_bias).__name__)}."
+                )
+            if tuple(lora_bias.shape) != (H_out,):
+                raise ValueError(
+                    f"LoRAPool.add: lora_bias must have shape [H_out] = [{H_out}], "
+                    f"got {_shape(lora_bias)}."
+                )
+        if self.num_free == 0:
+            raise RuntimeError(
+                f"LoRAPool.add: the pool is full: all max_adapters = {self.max_adapters} slots "
+                f"are in use; remove one first."
+            )
+
+        slot = min(set(range(self.max_adapters)) - self._used)
+        with torch.no_grad():
+            # Padding is zeroed explicitly: the slot may have been written before, and ops called
+            # without `ranks` read all R rows/columns.
+            self.lora_a[slot].zero_()
+            self.lora_a[slot, :rank].copy_(lora_A)
+            self.lora_b[slot].zero_()
+            self.lora_b[slot, :, :rank].copy_(lora_B)
+            self.scaling[slot] = float(scaling)
+            self.ranks[slot] = rank
+            if self.lora_bias is not None:
+                if lora_bias is None:
+                    self.lora_bias[slot].zero_()
+                else:
+                    self.lora_bias[slot].copy_(lora_bias)
+        self._used.add(slot)
+        return slot
+
+    def remove(self, slot: int) -> None:
+        """Free ``slot``: zero its weights, bias, scale and rank, and make it reusable."""
+        if isinstance(slot, bool) or not isinstance(slot, numbers.Integral):
+            raise TypeError(
+                f"LoRAPool.remove: slot must be an int, got {slot!r} of type {type(slot).__name__}."
+            )
+        slot = int(slot)
+        if slot not in self._used:
+            raise ValueError(
+                f"LoRAPool.remove: slot must be a slot in use, one of {self.used_slots}, "
+                f"got {slot}."
+            )
+        with torch.no_grad():
+            self.lora_a[slot].zero_()
+            self.lora_b[slot].zero_()
+            self.scaling[slot] = 0.0
+            self.ranks[slot] = 0
+            if self.lora_bias is not None:
+                self.lora_bias[slot].zero_()
+        self._used.discard(slot)

@@ -1,0 +1,168 @@
+// ctest: the torch-free CPU implementation against a naive float64 loop, plus the float16 /
+// bfloat16 conversions and the plan's index checks.
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <string>
+
+#include "lora_cpu.h"
+#include "lora_kernels/numeric.h"
+#include "naive.h"
+
+using namespace lora_kernels;
+
+static int passed = 0, failed = 0;
+#define EXPECT(cond, ...)                                  \
+  do {                                                     \
+    if (cond) {                                            \
+      ++passed;                                            \
+    } else {                                               \
+      ++failed;                                            \
+      std::printf("FAIL %s:%d: ", __FILE__, __LINE__);     \
+      std::printf(__VA_ARGS__);                            \
+      std::printf("\n");                                   \
+    }                                                      \
+  } while (0)
+
+template <typename T>
+std::vector<T> narrow(const std::vector<double>& v) {
+  std::vector<T> out;
+  for (double e : v) out.push_back(Numeric<T>::store(static_cast<typename Numeric<T>::Acc>(e)));
+  return out;
+}
+template <typename T>
+std::vector<double> widen(const std::vector<T>& v) {
+  std::vector<double> out;
+  for (T e : v) out.push_back(static_cast<double>(Numeric<T>::load(e)));
+  return out;
+}
+
+template <typename T>
+void check_add_lora(DType dtype, bool segments, int64_t T_, int64_t H_in, int64_t H_out, int64_t N, int64_t R,
+                    double tol, uint32_t seed) {
+  using Acc = typename Numeric<T>::Acc;
+  lk_test::Problem p = lk_test::random_problem(T_, H_in, H_out, N, R, seed);
+  // Round the inputs to T first, so the reference sees exactly what the kernel sees.
+  auto x = narrow<T>(p.x), a = narrow<T>(p.lora_a), b = narrow<T>(p.lora_b), bias = narrow<T>(p.bias);
+  auto y = narrow<T>(p.y);
+  p.x = widen(x), p.lora_a = widen(a), p.lora_b = widen(b), p.bias = widen(bias), p.y = widen(y);
+  std::vector<int64_t> indptr{0};
+  std::vector<int32_t> seg_adapter;
+  if (segments) {  // consecutive runs of 3 tokens share a slot
+    for (int64_t t = 0; t < T_; t += 3) {
+      seg_adapter.push_back(p.indices[t]);
+      indptr.push_back(std::min<int64_t>(t + 3, T_));
+      for (int64_t u = t; u < std::min<int64_t>(t + 3, T_); ++u) p.indices[u] = p.indices[t];
+    }
+  }
+  const std::vector<double> expected = lk_test::naive_add_lora(p);
+
+  TokenMap map;
+  map.num_tokens = T_;
+  if (segments) {
+    map.seg_indptr = IndexVec{indptr.data(), true, true};
+    map.seg_adapter = IndexVec{seg_adapter.data(), false, true};
+    map.num_segments = static_cast<int64_t>(seg_adapter.size());
+  } else {
+    map.indices = IndexVec{p.indices.data(), false, true};
+  }
+  const IndexVec ranks{p.ranks.data(), false, true};
+  std::vector<Acc> v(T_ * R, Acc(-1)), scaling(p.scaling.begin(), p.scaling.end());
+
+  ShrinkParams sp;
+  sp.x = x.data(), sp.x_stride = H_in, sp.lora_a = a.data(), sp.v = v.data(), sp.v_stride = R;
+  sp.ranks = ranks, sp.num_slots = N, sp.max_rank = R, sp.h_in = H_in, sp.dtype = dtype, sp.map = map;
+  ExpandParams ep;
+  ep.y = y.data(), ep.y_stride = H_out, ep.v = v.data(), ep.v_stride = R, ep.lora_b = b.data();
+  ep.scaling = scaling.data(), ep.lora_bias = bias.data(), ep.ranks = ranks, ep.num_slots = N, ep.max_rank = R;
+  ep.h_out = H_out, ep.dtype = dtype, ep.map = map;
+
+  cpu::Plan plan;
+  const std::string error = cpu::build_plan(map, N, 4, &plan);
+  EXPECT(error.empty(), "build_plan: %s", error.c_str());
+  cpu::shrink(sp, plan, 0, static_cast<int64_t>(plan.items.size()) * cpu::shrink_column_blocks(sp));
+  cpu::expand(ep, plan, 0, static_cast<int64_t>(plan.items.size()) * cpu::expand_column_blocks(ep));
+
+  double err = 0, ref = 0;
+  bool untouched = true;
+  for (int64_t t = 0; t < T_; ++t)
+    for (int64_t o = 0; o < H_out; ++o) {
+      const size_t i = t * H_out + o;
+      const double d = static_cast<double>(Numeric<T>::load(y[i])) - p.y[i], d_ref = expected[i] - p.y[i];
+      // Allow y's one rounding (half an ulp of the result) on top of the tolerance.
+      const double rounding = std::abs(expected[i]) * (sizeof(T) == 2 ? 1.0 / 256 : 0.0);
+      const double excess = std::max(0.0, std::abs(d - d_ref) - rounding);
+      err += excess * excess, ref += d_ref * d_ref;
+      const int64_t slot = p.indices[t];
+      if ((slot < 0 || p.ranks[slot] == 0) && d != 0) untouched = false;
+    }
+  const double rel = ref > 0 ? std::sqrt(err / ref) : std::sqrt(err);
+  EXPECT(rel < tol, "dtype %d segments %d T=%lld H_in=%lld H_out=%lld: relative error %.3g", static_cast<int>(dtype),
+         segments, (long long)T_, (long long)H_in, (long long)H_out, rel);
+  EXPECT(untouched, "rows without adapter were modified");
+}
+
+void test_conversions() {
+  auto h = [](float f) { return half_from_float(f).bits; };
+  EXPECT(h(1.0f) == 0x3c00, "half(1) = %x", h(1.0f));
+  EXPECT(h(-2.0f) == 0xc000, "half(-2)");
+  EXPECT(h(65504.0f) == 0x7bff, "half(65504)");
+  EXPECT(h(65519.0f) == 0x7bff, "half(65519) rounds down");
+  EXPECT(h(65520.0f) == 0x7c00, "half(65520) overflows to inf");
+  EXPECT(h(std::ldexp(1.0f, -24)) == 0x0001, "smallest subnormal");
+  EXPECT(h(std::ldexp(1.0f, -25)) == 0x0000, "tie to even at zero");
+  EXPECT(h(std::ldexp(3.0f, -25)) == 0x0002, "1.5 ulp rounds to 2");
+  EXPECT(h(1.0f + std::ldexp(1.0f, -11)) == 0x3c00, "tie rounds to even (down)");
+  EXPECT(h(1.0f + 3 * std::ldexp(1.0f, -11)) == 0x3c02, "tie rounds to even (up)");
+  EXPECT((h(std::numeric_limits<float>::quiet_NaN()) & 0x7c00) == 0x7c00 && (h(NAN) & 0x3ff), "NaN stays NaN");
+  for (uint32_t bits = 0; bits < 0x10000; ++bits) {  // every half round-trips exactly
+    const Half v{static_cast<uint16_t>(bits)};
+    const float f = to_float(v);
+    if (std::isnan(f)) continue;
+    if (half_from_float(f).bits != bits) {
+      EXPECT(false, "half %04x does not round-trip", bits);
+      break;
+    }
+  }
+  auto bf = [](float f) { return bfloat16_from_float(f).bits; };
+  EXPECT(bf(1.0f) == 0x3f80, "bf16(1)");
+  EXPECT(bf(1.0f + std::ldexp(1.0f, -8)) == 0x3f80, "bf16 tie to even (down)");
+  EXPECT(bf(1.0f + 3 * std::ldexp(1.0f, -8)) == 0x3f82, "bf16 tie to even (up)");
+  EXPECT(std::isnan(to_float(bfloat16_from_float(NAN))), "bf16 NaN");
+}
+
+void test_plan_errors() {
+  std::vector<int32_t> idx{0, 3, -1};
+  TokenMap map;
+  map.num_tokens = 3;
+  map.indices = IndexVec{idx.data(), false, true};
+  cpu::Plan plan;
+  std::string e = cpu::build_plan(map, 3, 8, &plan);
+  EXPECT(e == "indices[1] = 3 is out of range; expected -1 <= indices[t] < N = 3.", "%s", e.c_str());
+  std::vector<int64_t> indptr{0, 2, 1, 3};
+  std::vector<int64_t> adapter{0, 1, 2};
+  TokenMap seg;
+  seg.num_tokens = 3;
+  seg.num_segments = 3;
+  seg.seg_indptr = IndexVec{indptr.data(), true, true};
+  seg.seg_adapter = IndexVec{adapter.data(), true, true};
+  e = cpu::build_plan(seg, 3, 8, &plan);
+  EXPECT(e.find("non-decreasing") != std::string::npos, "%s", e.c_str());
+  std::vector<int32_t> ranks{1, 9};
+  e = cpu::check_ranks(IndexVec{ranks.data(), false, true}, 2, 8);
+  EXPECT(e == "ranks[1] = 9 is out of range; expected 0 <= ranks[a] <= R = 8.", "%s", e.c_str());
+}
+
+int main() {
+  test_conversions();
+  test_plan_errors();
+  for (bool seg : {false, true}) {
+    check_add_lora<float>(DType::kFloat32, seg, 29, 67, 45, 4, 8, 1e-5, 1);
+    check_add_lora<double>(DType::kFloat64, seg, 17, 4097, 3, 3, 5, 1e-12, 2);
+    check_add_lora<Half>(DType::kFloat16, seg, 40, 33, 1, 5, 16, 1e-2, 3);
+    check_add_lora<BFloat16>(DType::kBFloat16, seg, 9, 1, 130, 2, 3, 1e-2, 4);
+    check_add_lora<float>(DType::kFloat32, seg, 0, 8, 8, 2, 4, 1e-5, 5);
+  }
+  std::printf("%d passed, %d failed\n", passed, failed);
+  return failed == 0 ? 0 : 1;
+}
