@@ -36,7 +36,7 @@ class LoRAPool:
       ``0..r-1``, zeros below.
     - ``lora_b``: ``[N, H_out, R]``, ``dtype``: PEFT's ``lora_B.weight`` (``[H_out, r]``) in
       columns ``0..r-1``, zeros right of them.
-    - ``scaling``: ``[N]`` float32, the scale of each slot (see :func:`lora_kernels.lora_scaling`).
+    - ``scaling``: ``[N]`` float32 (float64 in a float64 pool), the scale of each slot (see :func:`lora_kernels.lora_scaling`).
     - ``ranks``: ``[N]`` int32, ``r`` of each slot (0 when free, which contributes nothing).
     - ``lora_bias``: ``[N, H_out]``, ``dtype`` (PEFT's ``lora_B.bias``), or ``None`` when the
       pool was built with ``bias=False``.
@@ -90,7 +90,9 @@ class LoRAPool:
         self.lora_a = torch.zeros(N, R, H_in, dtype=dtype, device=self.device)
         self.device = self.lora_a.device  # "cuda" -> "cuda:0": the device the tensors are on
         self.lora_b = torch.zeros(N, H_out, R, dtype=dtype, device=self.device)
-        self.scaling = torch.zeros(N, dtype=torch.float32, device=self.device)
+        # float64 pools keep float64 scales: an fp32 scale alone would cap float64 parity near 1e-7.
+        scale_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        self.scaling = torch.zeros(N, dtype=scale_dtype, device=self.device)
         self.ranks = torch.zeros(N, dtype=torch.int32, device=self.device)
         self.lora_bias: Tensor | None = (
             torch.zeros(N, H_out, dtype=dtype, device=self.device) if bias else None

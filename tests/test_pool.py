@@ -339,3 +339,11 @@ def test_constructor_dtype() -> None:
 def test_constructor_bias() -> None:
     with pytest.raises(TypeError, match=r"LoRAPool: bias must be a bool, got 1\."):
         LoRAPool(4, 4, 2, 2, bias=1)  # type: ignore[arg-type]
+
+
+def test_float64_pool_keeps_float64_scales() -> None:
+    """A float32 scale would round 16 / sqrt(48) at ~1e-8 and cap float64 parity there."""
+    pool = LoRAPool(4, 4, max_adapters=1, max_rank=2, dtype=torch.float64)
+    A, B = _weights(2, 4, 4, dtype=torch.float64)
+    pool.add(A, B, 16 / 48 ** 0.5)
+    assert pool.scaling.dtype == torch.float64 and pool.scaling[0].item() == 16 / 48 ** 0.5
