@@ -16,6 +16,8 @@ from .ops import (
 )
 from .pool import LoRAPool
 from .metadata import BatchMetadata
+from .peft import load_peft_adapter
+from .model import MultiLoRAModel
 
 __all__ = [
     "__version__",
@@ -30,4 +32,6 @@ __all__ = [
     "add_lora_embedding",
     "LoRAPool",
     "BatchMetadata",
+    "load_peft_adapter",
+    "MultiLoRAModel",
 ]

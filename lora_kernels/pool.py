@@ -204,29 +204,43 @@ class LoRAPool:
                     f"LoRAPool.add: lora_bias must have shape [H_out] = [{H_out}], "
                     f"got {_shape(lora_bias)}."
                 )
-        if self.num_free == 0:
-            raise RuntimeError(
-                f"LoRAPool.add: the pool is full: all max_adapters = {self.max_adapters} slots "
-                f"are in use; remove one first."
-            )
-
-        slot = min(set(range(self.max_adapters)) - self._used)
+        slot = self._take_free_slot("add")
         with torch.no_grad():
-            # Padding is zeroed explicitly: the slot may have been written before, and ops called
-            # without `ranks` read all R rows/columns.
-            self.lora_a[slot].zero_()
             self.lora_a[slot, :rank].copy_(lora_A)
-            self.lora_b[slot].zero_()
             self.lora_b[slot, :, :rank].copy_(lora_B)
             self.scaling[slot] = float(scaling)
             self.ranks[slot] = rank
-            if self.lora_bias is not None:
-                if lora_bias is None:
-                    self.lora_bias[slot].zero_()
-                else:
-                    self.lora_bias[slot].copy_(lora_bias)
+            if lora_bias is not None:
+                self.lora_bias[slot].copy_(lora_bias)
+        return slot
+
+    def reserve(self) -> int:
+        """Occupy the lowest free slot with rank 0 and return it: the ops leave the rows of
+        tokens using that slot untouched. For servers that keep one slot numbering across all
+        of a model's pools, where an adapter that does not target this module still needs
+        its slot here."""
+        return self._take_free_slot("reserve")
+
+    def _take_free_slot(self, caller: str) -> int:
+        """Mark the lowest free slot used, all zero (rank 0, scale 0, zero weights and bias)."""
+        if self.num_free == 0:
+            raise RuntimeError(
+                f"LoRAPool.{caller}: the pool is full: all max_adapters = {self.max_adapters} "
+                f"slots are in use; remove one first."
+            )
+        slot = min(set(range(self.max_adapters)) - self._used)
+        self._zero_slot(slot)  # padding must be zero: ops called without `ranks` read all R
         self._used.add(slot)
         return slot
+
+    def _zero_slot(self, slot: int) -> None:
+        with torch.no_grad():
+            self.lora_a[slot].zero_()
+            self.lora_b[slot].zero_()
+            self.scaling[slot] = 0.0
+            self.ranks[slot] = 0
+            if self.lora_bias is not None:
+                self.lora_bias[slot].zero_()
 
     def remove(self, slot: int) -> None:
         """Free ``slot``: zero its weights, bias, scale and rank, and make it reusable."""
@@ -240,11 +254,5 @@ class LoRAPool:
                 f"LoRAPool.remove: slot must be a slot in use, one of {self.used_slots}, "
                 f"got {slot}."
             )
-        with torch.no_grad():
-            self.lora_a[slot].zero_()
-            self.lora_b[slot].zero_()
-            self.scaling[slot] = 0.0
-            self.ranks[slot] = 0
-            if self.lora_bias is not None:
-                self.lora_bias[slot].zero_()
+        self._zero_slot(slot)
         self._used.discard(slot)

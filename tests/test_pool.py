@@ -347,3 +347,16 @@ def test_float64_pool_keeps_float64_scales() -> None:
     A, B = _weights(2, 4, 4, dtype=torch.float64)
     pool.add(A, B, 16 / 48 ** 0.5)
     assert pool.scaling.dtype == torch.float64 and pool.scaling[0].item() == 16 / 48 ** 0.5
+
+
+def test_reserve_takes_a_rank_zero_slot() -> None:
+    pool = LoRAPool(4, 3, max_adapters=2, max_rank=2, bias=True)
+    A, B = _weights(2, 4, 3)
+    assert pool.reserve() == 0
+    assert pool.add(A, B, 0.5) == 1
+    assert pool.ranks.tolist() == [0, 2] and pool.scaling[0].item() == 0.0
+    assert not pool.lora_a[0].any() and not pool.lora_b[0].any() and not pool.lora_bias[0].any()
+    with pytest.raises(RuntimeError, match=r"LoRAPool.reserve: the pool is full"):
+        pool.reserve()
+    pool.remove(0)
+    assert pool.used_slots == [1]

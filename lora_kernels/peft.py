@@ -1,0 +1,584 @@
+"""Load a PEFT LoRA adapter from disk, with every module's scale resolved exactly as PEFT does.
+
+Never imports ``peft``. Reads ``adapter_config.json`` and ``adapter_model.safetensors`` (or an
+``adapter_model.bin`` through ``torch.load(weights_only=True)``), and returns a
+:class:`PeftAdapter`: per module (name relative to the base model, e.g.
+``model.layers.0.self_attn.q_proj``)::
+
+    lora_A [r, H_in]   lora_B [H_out, r]   lora_bias [H_out] or None     (kind "linear")
+    lora_A [r, vocab]  lora_B [dim, r]                                   (kind "embedding")
+    scaling = alpha / r,  or alpha / sqrt(r) with use_rslora
+
+where ``r`` and ``alpha`` are the module's own values after PEFT's ``rank_pattern`` /
+``alpha_pattern``: key ``k`` matches module name ``m`` when ``re.match(rf"(.*\\.)?({k})$", m)``
+(a dot-aligned suffix or the whole name; keys are regexes), the first matching key in the
+dict's order wins, and r and alpha are looked up independently (PEFT >= 0.15; pinned against
+PEFT 0.21.2 in the tests). ``r`` is checked against the tensor shapes.
+
+Anything the kernels would not reproduce exactly is refused with a :class:`PeftAdapterError`
+that names it and says why: DoRA, ``modules_to_save``, ``target_parameters``,
+``layer_replication``, trainable tokens, other LoRA variants, base-weight-modifying
+initialisations (PiSSA, OLoRA, CorDA, LoftQ, LoRA-GA), unknown config fields set to a
+non-default value, unknown tensor keys, rank / shape disagreements, truncated or malformed files.
+Copies of base-layer weights that PEFT saves inside the adapter (``embed_tokens`` / ``lm_head``
+when they are targeted, or a resized vocabulary) are kept in ``base_weights`` and checked against
+the served model when the adapter joins a :class:`~lora_kernels.MultiLoRAModel`.
+
+Example::
+
+    adapter = lk.load_peft_adapter("my-adapter/")
+    m = adapter.modules["model.layers.0.self_attn.q_proj"]
+    m.r, m.alpha, m.use_rslora, m.scaling      # e.g. 16, 32.0, True, 8.0
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import safetensors
+import safetensors.torch
+import torch
+from torch import Tensor
+
+from .scaling import lora_scaling
+
+__all__ = [
+    "PeftAdapterError",
+    "LoRAModule",
+    "PeftAdapter",
+    "load_peft_adapter",
+    "adapter_from_state_dict",
+    "check_lora_config",
+    "match_pattern_key",
+    "resolve_rank_alpha",
+    "read_safetensors",
+    "CONFIG_NAME",
+    "SAFETENSORS_NAME",
+    "BIN_NAME",
+    "KEY_PREFIX",
+]
+
+CONFIG_NAME = "adapter_config.json"
+SAFETENSORS_NAME = "adapter_model.safetensors"
+BIN_NAME = "adapter_model.bin"
+KEY_PREFIX = "base_model.model."  # PEFT's prefix of every saved tensor key
+
+
+class PeftAdapterError(ValueError):
+    """An adapter lora_kernels cannot serve exactly as PEFT would; the message says why."""
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclass
+class LoRAModule:
+    """One module's LoRA weights, in PEFT's layouts, with its resolved scale.
+
+    ``kind == "linear"`` (``nn.Linear``, GPT-2 ``Conv1D``): ``lora_A`` ``[r, H_in]``,
+    ``lora_B`` ``[H_out, r]``, ``lora_bias`` ``[H_out]`` (PEFT's ``lora_B.bias``) or ``None``.
+    ``kind == "embedding"``: ``lora_A`` = ``lora_embedding_A`` ``[r, vocab]``, ``lora_B`` =
+    ``lora_embedding_B`` ``[dim, r]``, no bias.
+    ``scaling == lora_scaling(alpha, r, use_rslora)``.
+    """
+
+    name: str
+    kind: str
+    lora_A: Tensor
+    lora_B: Tensor
+    lora_bias: Tensor | None
+    r: int
+    alpha: float
+    use_rslora: bool
+    scaling: float
+
+    @property
+    def in_features(self) -> int:
+        """``H_in`` (``vocab`` for an embedding)."""
+        return int(self.lora_A.shape[1])
+
+    @property
+    def out_features(self) -> int:
+        """``H_out`` (``dim`` for an embedding)."""
+        return int(self.lora_B.shape[0])
+
+    @property
+    def plain_scaling(self) -> float:
+        """What a server that ignores rsLoRA would use: ``alpha / r``."""
+        return lora_scaling(self.alpha, self.r, False)
+
+
+@dataclass
+class PeftAdapter:
+    """A loaded PEFT LoRA adapter (see :func:`load_peft_adapter`).
+
+    - ``path``: the directory it was read from (``None`` when built from memory).
+    - ``config``: ``adapter_config.json`` as read (a dict, key order kept).
+    - ``modules``: module name (relative to the base model) -> :class:`LoRAModule`.
+    - ``base_weights``: module name -> the base layer's ``weight`` that PEFT saved inside the
+      adapter (``embed_tokens`` / ``lm_head`` copies, or a resized vocabulary). Served only if
+      equal to the served model's own weight (checked when the adapter joins a model).
+    - ``base_biases``: the same for a saved base-layer ``bias``.
+    """
+
+    path: str | None
+    config: dict
+    modules: dict[str, LoRAModule]
+    base_weights: dict[str, Tensor] = field(default_factory=dict)
+    base_biases: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def use_rslora(self) -> bool:
+        return bool(self.config.get("use_rslora", False))
+
+    @property
+    def max_rank(self) -> int:
+        return max((m.r for m in self.modules.values()), default=0)
+
+    @property
+    def has_lora_bias(self) -> bool:
+        return any(m.lora_bias is not None for m in self.modules.values())
+
+    def __repr__(self) -> str:
+        return (
+            f"PeftAdapter(path={self.path!r}, modules={len(self.modules)}, "
+            f"max_rank={self.max_rank}, use_rslora={self.use_rslora}, "
+            f"base_weights={sorted(self.base_weights)})"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Config: what we implement, what we ignore on purpose, what we refuse
+
+# Fields whose value never changes the forward pass of a loaded adapter (metadata, training-time
+# settings, initialisation settings whose result is in the saved tensors). init_lora_weights is
+# checked separately: some initialisations also rewrite the base weights.
+_INFORMATIONAL = frozenset(
+    {
+        "task_type",
+        "peft_type",
+        "auto_mapping",
+        "base_model_name_or_path",
+        "revision",
+        "peft_version",
+        "inference_mode",
+        "target_modules",  # the saved tensors say which modules are adapted
+        "exclude_modules",
+        "layers_to_transform",
+        "layers_pattern",
+        "lora_dropout",  # identity at inference
+        "fan_in_fan_out",  # only changes merging; forward uses lora_A [r, in], lora_B [out, r]
+        "init_lora_weights",
+        "megatron_core",  # a module path, used only together with megatron_config
+        "qalora_group_size",  # used only with use_qalora
+        "loftq_config",  # used only with init_lora_weights="loftq" (refused)
+        "eva_config",
+        "corda_config",  # used only with init_lora_weights="corda" (refused)
+        "lora_ga_config",  # used only with init_lora_weights="lora_ga" (refused)
+        "runtime_config",  # runtime-only (ephemeral GPU offload)
+    }
+)
+
+# Fields we implement.
+_IMPLEMENTED = frozenset(
+    {"r", "lora_alpha", "use_rslora", "rank_pattern", "alpha_pattern", "lora_bias", "bias"}
+)
+
+# Fields we refuse when set to anything but their default, with the reason.
+_REFUSED: dict[str, str] = {
+    "use_dora": (
+        "DoRA rescales every output column of the base weight by a learned magnitude; "
+        "lora_kernels serves plain LoRA only"
+    ),
+    "modules_to_save": (
+        "these modules are fully trained copies that replace the base model's own for this "
+        "adapter; a base model shared by every request cannot serve them"
+    ),
+    "target_parameters": (
+        "LoRA on raw parameters (e.g. fused MoE expert weights) is not implemented"
+    ),
+    "layer_replication": (
+        "the adapter was trained on a model with duplicated layers that the served base model "
+        "does not have"
+    ),
+    "trainable_token_indices": (
+        "trainable token embeddings (per-token deltas to the embedding) are not implemented"
+    ),
+    "alora_invocation_tokens": (
+        "activated LoRA applies the adapter only after its invocation tokens; not implemented"
+    ),
+    "use_qalora": "QA-LoRA (pooled inputs to lora_A) is not implemented",
+    "velora_config": "VeLoRA is not implemented",
+    "monteclora_config": "MonteCLoRA is not implemented",
+    "use_bdlora": "block-diagonal LoRA is not implemented",
+    "arrow_config": "Arrow (routing over LoRA experts) is not implemented",
+    "kasa_config": "KaSA is not implemented",
+    "megatron_config": "Megatron-parallel LoRA layers are not implemented",
+    "ensure_weight_tying": (
+        "tied embedding / lm_head adapters are not implemented"
+    ),
+}
+
+# init_lora_weights values whose initialisation only sets lora_A / lora_B (the base model stays
+# the original one). Others (pissa*, corda*, olora, loftq, lora_ga) also rewrite the base
+# weights, so the adapter only works on that rewritten base; PEFT saves a converted adapter with
+# init_lora_weights=True when asked (path_initial_model_for_weight_conversion).
+_SAFE_INITS = (True, False, "gaussian", "eva", "orthogonal", "mica")
+
+
+def _is_default_like(value: Any) -> bool:
+    return value is None or value is False or (isinstance(value, (dict, list, tuple, str)) and not value)
+
+
+def _refuse(where: str, problems: list[str]) -> PeftAdapterError:
+    lines = "\n".join(f"  - {p}" for p in problems)
+    return PeftAdapterError(f"cannot serve the adapter {where} exactly as PEFT would:\n{lines}")
+
+
+def _check_positive_int(value: Any, what: str, problems: list[str]) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        problems.append(f"{what} must be a positive int, got {value!r}")
+
+
+def _check_alpha(value: Any, what: str, problems: list[str]) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(float(value))
+    ):
+        problems.append(f"{what} must be a finite number, got {value!r}")
+
+
+def check_lora_config(config: Mapping[str, Any], where: str = "") -> None:
+    """Raise :class:`PeftAdapterError` naming every config field we cannot serve exactly."""
+    where = where or "(in memory)"
+    if not isinstance(config, Mapping):
+        raise PeftAdapterError(
+            f"cannot serve the adapter {where}: {CONFIG_NAME} must hold a JSON object, "
+            f"got {type(config).__name__}."
+        )
+    problems: list[str] = []
+    peft_type = config.get("peft_type")
+    if peft_type != "LORA":
+        problems.append(
+            f"peft_type={peft_type!r}: only LoRA adapters (peft_type 'LORA') are served"
+        )
+    _check_positive_int(config.get("r", 8), "r", problems)
+    _check_alpha(config.get("lora_alpha", 8), "lora_alpha", problems)
+    if not isinstance(config.get("use_rslora", False), bool):
+        problems.append(f"use_rslora must be true or false, got {config.get('use_rslora')!r}")
+    if not isinstance(config.get("lora_bias", False), bool):
+        problems.append(f"lora_bias must be true or false, got {config.get('lora_bias')!r}")
+    for pattern_name, check in (("rank_pattern", _check_positive_int), ("alpha_pattern", _check_alpha)):
+        pattern = config.get(pattern_name) or {}
+        if not isinstance(pattern, Mapping):
+            problems.append(f"{pattern_name} must be a JSON object, got {type(pattern).__name__}")
+            continue
+        for key, value in pattern.items():
+            check(value, f"{pattern_name}[{key!r}]", problems)
+            try:
+                re.compile(rf"(.*\.)?({key})$")
+            except re.error as exc:
+                problems.append(f"{pattern_name} key {key!r} is not a valid regular expression ({exc})")
+
+    bias = config.get("bias", "none")
+    if bias != "none":
+        problems.append(
+            f"bias={bias!r}: the adapter trained the base model's own biases, which a base "
+            f"model shared by every request cannot serve (only bias='none' is served; "
+            f"lora_bias=True, a bias on lora_B, is)"
+        )
+    init = config.get("init_lora_weights", True)
+    if not any(init is s or (isinstance(s, str) and init == s) for s in _SAFE_INITS):
+        problems.append(
+            f"init_lora_weights={init!r}: this initialisation also rewrites the base model's "
+            f"weights, so the adapter only works on that rewritten base (save it with PEFT's "
+            f"path_initial_model_for_weight_conversion to get a plain LoRA adapter)"
+        )
+    for name, reason in _REFUSED.items():
+        if name in config and not _is_default_like(config[name]):
+            problems.append(f"{name}={config[name]!r}: {reason}")
+    for name, value in config.items():
+        if name in _INFORMATIONAL or name in _IMPLEMENTED or name in _REFUSED:
+            continue
+        if not _is_default_like(value):
+            problems.append(
+                f"{name}={value!r}: a config field lora_kernels does not implement (checked "
+                f"against PEFT 0.21.2's LoraConfig), set to a non-default value; refused rather "
+                f"than ignored"
+            )
+    if problems:
+        raise _refuse(where, problems)
+
+
+def match_pattern_key(pattern: Mapping[str, Any] | None, name: str) -> str | None:
+    """The first key of ``pattern`` (in order) that PEFT would match to module ``name``, or None.
+
+    Key ``k`` matches when ``re.match(rf"(.*\\.)?({k})$", name)``: the whole name or a
+    dot-aligned suffix of it, ``k`` being an (unescaped) regular expression.
+    """
+    for key in pattern or {}:
+        if re.match(rf"(.*\.)?({key})$", name):
+            return key
+    return None
+
+
+def resolve_rank_alpha(config: Mapping[str, Any], name: str) -> tuple[int, float, str | None, str | None]:
+    """``(r, alpha, rank_key, alpha_key)`` of module ``name`` as PEFT resolves them."""
+    rank_pattern = config.get("rank_pattern") or {}
+    alpha_pattern = config.get("alpha_pattern") or {}
+    r_key = match_pattern_key(rank_pattern, name)
+    a_key = match_pattern_key(alpha_pattern, name)
+    r = rank_pattern[r_key] if r_key is not None else config.get("r", 8)
+    alpha = alpha_pattern[a_key] if a_key is not None else config.get("lora_alpha", 8)
+    return int(r), alpha, r_key, a_key
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+
+# Weight dtypes an adapter may hold; anything else (float8, integers) is refused by name.
+_WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def read_safetensors(path: str) -> dict[str, Tensor]:
+    """Read a ``.safetensors`` file with the safetensors library, which checks the header, every
+    offset and the file size; a truncated or malformed file raises :class:`PeftAdapterError`
+    naming the file and the library's reason."""
+    # Read into memory rather than memory-map: a mapped file rewritten later (an adapter
+    # directory saved again) would turn every access to the loaded tensors into SIGBUS.
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return safetensors.torch.load(data)
+    except (safetensors.SafetensorError, ValueError, TypeError) as exc:
+        raise PeftAdapterError(f"malformed safetensors file {path}: {exc}") from None
+
+
+def _read_bin(path: str) -> dict[str, Tensor]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle / zip errors of every kind
+        raise PeftAdapterError(
+            f"cannot read {path} with torch.load(weights_only=True): {type(exc).__name__}: {exc}"
+        ) from None
+    if not isinstance(obj, dict) or not all(
+        isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()
+    ):
+        raise PeftAdapterError(f"malformed adapter file {path}: expected a dict of str -> Tensor")
+    return obj
+
+
+# --------------------------------------------------------------------------------------------
+# Tensors -> modules
+
+_LINEAR_SUFFIXES = {".lora_A.weight": "A", ".lora_B.weight": "B", ".lora_B.bias": "bias"}
+_EMBED_SUFFIXES = {".lora_embedding_A": "A", ".lora_embedding_B": "B"}
+_BASE_SUFFIXES = {".base_layer.weight": "weight", ".base_layer.bias": "bias"}
+
+
+def _shape(t: Tensor) -> str:
+    return "[" + ", ".join(str(d) for d in t.shape) + "]"
+
+
+def adapter_from_state_dict(
+    config: Mapping[str, Any], tensors: Mapping[str, Tensor], path: str | None = None
+) -> PeftAdapter:
+    """Build a :class:`PeftAdapter` from a config dict and PEFT-saved tensors (keys with the
+    ``base_model.model.`` prefix); every check of :func:`load_peft_adapter` applies."""
+    where = path or "(in memory)"
+    check_lora_config(config, where)
+    use_rslora = bool(config.get("use_rslora", False))
+    config_lora_bias = bool(config.get("lora_bias", False))
+    problems: list[str] = []
+    parts: dict[str, dict[str, tuple[str, Tensor]]] = {}
+    kinds: dict[str, str] = {}
+    base_weights: dict[str, Tensor] = {}
+    base_biases: dict[str, Tensor] = {}
+
+    for key, tensor in tensors.items():
+        if not key.startswith(KEY_PREFIX):
+            problems.append(
+                f"unknown tensor key {key!r}: PEFT saves every key with the prefix {KEY_PREFIX!r}"
+            )
+            continue
+        rest = key[len(KEY_PREFIX) :]
+        matched = False
+        for table, kind in ((_LINEAR_SUFFIXES, "linear"), (_EMBED_SUFFIXES, "embedding")):
+            for suffix, part in table.items():
+                if rest.endswith(suffix) and len(rest) > len(suffix):
+                    module = rest[: -len(suffix)]
+                    if kinds.setdefault(module, kind) != kind:
+                        problems.append(
+                            f"module {module!r} has both linear (lora_A/lora_B) and embedding "
+                            f"(lora_embedding_A/B) tensors"
+                        )
+                    parts.setdefault(module, {})[part] = (key, tensor)
+                    matched = True
+                    break
+            if matched:
+                break
+        if matched:
+            continue
+        for suffix, part in _BASE_SUFFIXES.items():
+            if rest.endswith(suffix) and len(rest) > len(suffix):
+                (base_weights if part == "weight" else base_biases)[rest[: -len(suffix)]] = tensor
+                matched = True
+                break
+        if matched:
+            continue
+        if "lora_" in rest or ".base_layer." in rest or not (
+            rest.endswith(".weight") or rest.endswith(".bias")
+        ):
+            hint = ""
+            if "lora_magnitude_vector" in rest:
+                hint = " (a DoRA magnitude vector: DoRA is not served)"
+            elif "trainable_tokens" in rest:
+                hint = " (trainable tokens are not served)"
+            problems.append(f"unknown tensor key {key!r}{hint}")
+            continue
+        # "<module>.weight" / "<module>.bias" outside any LoRA layer: a full base-layer copy
+        # (PEFT saves the embedding this way when the vocabulary was resized).
+        module, _, leaf = rest.rpartition(".")
+        (base_weights if leaf == "weight" else base_biases)[module] = tensor
+
+    for name, t in list(base_weights.items()) + list(base_biases.items()):
+        if t.dtype not in _WEIGHT_DTYPES:
+            problems.append(f"the base-layer copy of {name!r} has an unsupported dtype {t.dtype}")
+
+    modules: dict[str, LoRAModule] = {}
+    for name in sorted(parts):
+        got = parts[name]
+        kind = kinds[name]
+        a_names = ("lora_A.weight", "lora_B.weight") if kind == "linear" else ("lora_embedding_A", "lora_embedding_B")
+        missing = [n for n, p in zip(a_names, ("A", "B")) if p not in got]
+        if missing:
+            problems.append(f"module {name!r} is missing {', '.join(missing)}")
+            continue
+        (a_key, A), (b_key, B) = got["A"], got["B"]
+        bias = got.get("bias", (None, None))[1]
+        ok = True
+        for k, t in ((a_key, A), (b_key, B)) + (((got["bias"][0], bias),) if bias is not None else ()):
+            if t.dtype not in _WEIGHT_DTYPES:
+                problems.append(f"tensor {k!r} must be float16, bfloat16, float32 or float64, got {t.dtype}")
+                ok = False
+            elif not bool(torch.isfinite(t).all()):
+                problems.append(f"tensor {k!r} holds non-finite values (inf or nan)")
+                ok = False
+        if A.dim() != 2 or B.dim() != 2:
+            problems.append(
+                f"module {name!r}: lora_A must be [r, H_in] and lora_B [H_out, r] (2-D), got "
+                f"{_shape(A)} and {_shape(B)} (convolution LoRA is not served)"
+            )
+            continue
+        if not ok:
+            continue
+        r_cfg, alpha, r_key, a_key = resolve_rank_alpha(config, name)
+        r_tensor = int(A.shape[0])
+        if B.shape[1] != r_tensor:
+            problems.append(
+                f"module {name!r}: lora_A {_shape(A)} and lora_B {_shape(B)} disagree on the rank "
+                f"(lora_A.shape[0] = {r_tensor}, lora_B.shape[1] = {B.shape[1]})"
+            )
+            continue
+        if r_tensor != r_cfg:
+            source = f"rank_pattern[{r_key!r}]" if r_key is not None else "r"
+            problems.append(
+                f"module {name!r}: the config gives r = {r_cfg} (from {source}) but the tensors "
+                f"have rank {r_tensor}; PEFT would refuse to load it"
+            )
+            continue
+        if bias is not None:
+            if kind == "embedding":
+                problems.append(f"module {name!r}: an embedding LoRA cannot have a lora_B bias")
+                continue
+            if not config_lora_bias:
+                problems.append(
+                    f"module {name!r} has a lora_B.bias tensor but the config has lora_bias=false "
+                    f"(PEFT would silently ignore it)"
+                )
+                continue
+            if bias.dim() != 1 or bias.shape[0] != B.shape[0]:
+                problems.append(
+                    f"module {name!r}: lora_B.bias must be [H_out] = [{B.shape[0]}], got {_shape(bias)}"
+                )
+                continue
+        elif config_lora_bias and kind == "linear":
+            problems.append(
+                f"module {name!r}: the config has lora_bias=true but lora_B.bias is missing"
+            )
+            continue
+        modules[name] = LoRAModule(
+            name=name,
+            kind=kind,
+            lora_A=A,
+            lora_B=B,
+            lora_bias=bias,
+            r=r_tensor,
+            alpha=float(alpha),
+            use_rslora=use_rslora,
+            scaling=lora_scaling(alpha, r_tensor, use_rslora),
+        )
+    if not problems and not modules:
+        problems.append("the adapter holds no LoRA tensors (lora_A / lora_B or lora_embedding_A / B)")
+    if problems:
+        raise _refuse(where, problems)
+    return PeftAdapter(
+        path=path,
+        config=dict(config),
+        modules=modules,
+        base_weights=base_weights,
+        base_biases=base_biases,
+    )
+
+
+def load_peft_adapter(path: str | os.PathLike) -> PeftAdapter:
+    """Load the PEFT LoRA adapter saved in directory ``path`` (``save_pretrained`` output).
+
+    Reads ``adapter_config.json`` and ``adapter_model.safetensors`` (or, when there is no
+    safetensors file, ``adapter_model.bin`` through ``torch.load(weights_only=True)``); never
+    imports ``peft``. Each module's ``r`` and ``alpha`` follow PEFT's ``rank_pattern`` /
+    ``alpha_pattern`` and its scale is ``alpha / r`` (``alpha / sqrt(r)`` with ``use_rslora``).
+
+    Raises:
+        FileNotFoundError: ``path`` is not a directory, or has no config / weights file.
+        PeftAdapterError: anything that would not be served exactly as PEFT serves it
+            (the message lists every problem found).
+
+    Example::
+
+        adapter = load_peft_adapter("out/my-adapter")
+        for name, m in adapter.modules.items():
+            print(name, m.r, m.alpha, m.use_rslora, m.scaling)
+    """
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"load_peft_adapter: no adapter directory at {path!r}.")
+    config_path = os.path.join(path, CONFIG_NAME)
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"load_peft_adapter: {path!r} has no {CONFIG_NAME}.")
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PeftAdapterError(f"malformed {config_path}: not valid JSON ({exc})") from None
+    check_lora_config(config, path)
+    st_path = os.path.join(path, SAFETENSORS_NAME)
+    bin_path = os.path.join(path, BIN_NAME)
+    if os.path.isfile(st_path):
+        tensors = read_safetensors(st_path)
+    elif os.path.isfile(bin_path):
+        tensors = _read_bin(bin_path)
+    else:
+        raise FileNotFoundError(
+            f"load_peft_adapter: {path!r} has neither {SAFETENSORS_NAME} nor {BIN_NAME}."
+        )
+    return adapter_from_state_dict(config, tensors, path=path)
