@@ -15,7 +15,13 @@ cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(
 
 struct CudaBackend {
   static constexpr bool kAlwaysCheckValues = false;
-  using Guard = c10::cuda::CUDAGuard;
+  // Sets the device of the op's lead tensor; a CPU lead tensor (another argument on CUDA sent
+  // the call here) sets nothing, so the device check names the mismatch instead.
+  struct Guard {
+    explicit Guard(const at::Device& device)
+        : guard(device.is_cuda() ? std::optional<c10::Device>(device) : std::nullopt) {}
+    c10::cuda::OptionalCUDAGuard guard;
+  };
   static void shrink(const ShrinkParams& p) { C10_CUDA_CHECK(cuda::launch_shrink(p, current_stream())); }
   static void expand(const ExpandParams& p) { C10_CUDA_CHECK(cuda::launch_expand(p, current_stream())); }
   static void embedding_shrink(const EmbeddingShrinkParams& p) {

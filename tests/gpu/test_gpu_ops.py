@@ -134,3 +134,5 @@ def test_device_mismatch_is_named():
         lk.add_lora(case.y, case.x, case.lora_a, case.lora_b, case.scaling, case.indices.cpu())
     with pytest.raises(RuntimeError, match=r"lora_a must be on the same device as x \(cuda:0\), got cpu"):
         lk.add_lora(case.y, case.x, case.lora_a.cpu(), case.lora_b, case.scaling, case.indices)
+    with pytest.raises(RuntimeError, match=r"lora_a must be on the same device as x \(cpu\), got cuda:0"):
+        lk.add_lora(case.y.cpu(), case.x.cpu(), case.lora_a, case.lora_b.cpu(), case.scaling.cpu(), case.indices.cpu())
