@@ -251,21 +251,14 @@ class LoRALayer(nn.Module):
         self.refresh_scaling()
 
     def refresh_scaling(self) -> None:
-        """The scale vector the ops get: ``pool.scaling`` (float32), except that a float64 pool
-        gets the exact float64 scales (float32 would round e.g. ``16 / sqrt(8)`` by ~3e-8), and an
-        embedding with ``embed_scale`` (Gemma 3) gets ``scaling * embed_scale``, as PEFT applies."""
+        """The scale vector the ops get: ``pool.scaling`` (float64 in a float64 pool), except
+        that an embedding with ``embed_scale`` (Gemma 3) gets ``scaling * embed_scale``, as PEFT
+        applies it."""
         pool = self.pool
-        if pool is None or (pool.dtype != torch.float64 and self._embed_scale is None):
+        if pool is None or self._embed_scale is None:
             self._scaling = None
             return
-        st = self._state
-        values = [0.0] * pool.max_adapters
-        for name, slot in st.slots.items():
-            m = self.module_of(st.adapters[name])
-            if m is not None:
-                values[slot] = m.scaling * (1.0 if self._embed_scale is None else self._embed_scale)
-        dtype = torch.float64 if pool.dtype == torch.float64 else torch.float32
-        self._scaling = torch.tensor(values, dtype=dtype, device=pool.device)
+        self._scaling = pool.scaling * self._embed_scale
 
     @property
     def scaling(self) -> Tensor | None:
