@@ -1,0 +1,236 @@
+"""The benchmark harness (lora_kernels.bench) in `--device cpu --dry-run` mode.
+
+Dry-run mode runs every case's construction, correctness check and JSON row layout at tiny
+sizes with one repetition: it checks the harness, it measures nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import types
+
+import pytest
+import torch
+
+from lora_kernels import bench, reference
+from lora_kernels.__main__ import main as cli_main
+
+ROW_KEYS = {
+    "name", "op", "dtype", "T", "n", "r", "H_in", "H_out", "bytes", "us", "gbps", "pct_copy",
+    "baselines", "speedup", "rel_err", "best_baseline", "skipped", "rejected",
+}
+TOP_KEYS = {"device", "torch", "cuda", "date", "rows", "dry_run", "device_type"}
+# The directory holding the lora_kernels package this process imported (repo or site-packages).
+PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(bench.__file__)))
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def default_result(tmp_path_factory) -> dict:
+    path = tmp_path_factory.mktemp("bench") / "cpu.json"
+    assert bench.main(["--device", "cpu", "--dry-run", "--json", str(path)]) == 0
+    return json.loads(path.read_text())
+
+
+def _reference_ops(**override) -> types.SimpleNamespace:
+    """Our ops replaced by the reference, with some functions overridden (to inject bugs)."""
+    names = ("add_lora", "bgmv_shrink", "bgmv_expand", "sgmv_shrink", "sgmv_expand")
+    ops = {n: getattr(reference, n) for n in names}
+    ops.update(override)
+    return types.SimpleNamespace(**ops)
+
+
+def test_default_dry_run_json_layout(default_result):
+    res = default_result
+    assert TOP_KEYS <= res.keys()
+    assert res["dry_run"] is True and res["device_type"] == "cpu"
+    assert res["torch"] == torch.__version__
+    rows = res["rows"]
+    assert [(r["op"], r["n"]) for r in rows] == [("add_lora", 8), ("add_lora", 4), ("add_lora", 1), ("add_lora", 4)]
+    assert [r["kind"] for r in rows] == ["decode", "decode", "decode", "prefill"]
+    for r in rows:
+        assert ROW_KEYS <= r.keys(), ROW_KEYS - r.keys()
+        assert r["dtype"] == "fp32"
+        assert r["pct_copy"] is None  # no copy bandwidth on CPU
+        assert r["rel_err"] < 1e-5
+        assert r["rejected"] == {}
+        assert {"sorted_mm", "gather_bmm", "peft_loop"} <= r["baselines"].keys()
+        assert ("mm" in r["baselines"]) == (r["n"] == 1)
+        assert "grouped_mm" not in r["baselines"]  # CUDA only
+        assert all(e < 1e-5 for e in r["baseline_rel_err"].values())
+        best = min(r["baselines"], key=r["baselines"].get)
+        assert r["best_baseline"] == best
+        assert math.isclose(r["speedup"], r["baselines"][best] / r["us"])
+        assert math.isclose(r["gbps"], r["bytes"] / r["us"] / 1e3)
+        assert r["baselines_min"].keys() == r["baselines"].keys()
+        assert math.isclose(r["speedup_min"], min(r["baselines_min"].values()) / r["us_min"])
+        assert r["bytes"] == 4 * (r["T"] * r["H_in"] + r["n"] * r["r"] * (r["H_in"] + r["H_out"])
+                                  + 2 * r["T"] * r["H_out"])
+
+
+def test_default_workload_at_full_size_is_issue_2s():
+    cpu = bench.default_cases("cpu")
+    assert [(c.kind, c.T, c.n, c.r, c.H_in, c.H_out, c.dtype) for c in cpu] == [
+        ("decode", 64, 64, 16, 4096, 4096, torch.float32),
+        ("decode", 64, 8, 16, 4096, 4096, torch.float32),
+        ("decode", 64, 1, 16, 4096, 4096, torch.float32),
+        ("prefill", 2048, 8, 16, 4096, 4096, torch.float32),
+    ]
+    assert {c.dtype for c in bench.default_cases("cuda")} == {torch.bfloat16}
+
+
+def test_min_bytes_match_the_anchors_table():
+    # ANCHORS: decode 64 tokens, 64 distinct adapters, r 16, 4096 -> 4096, bf16, fused: 18.4 MB
+    case = bench.Case("decode", "add_lora", 64, 64, 16, 4096, 4096, torch.bfloat16)
+    assert bench.min_bytes(case) == 2 * (64 * 4096 + 64 * 16 * 8192 + 2 * 64 * 4096) == 18_350_080
+    shrink = bench.Case("decode", "shrink", 64, 64, 16, 4096, 4096, torch.bfloat16)
+    expand = bench.Case("decode", "expand", 64, 64, 16, 4096, 4096, torch.bfloat16)
+    assert bench.min_bytes(shrink) == 2 * (64 * 4096 + 64 * 16 * 4096) + 4 * 64 * 16
+    assert bench.min_bytes(expand) == 2 * (64 * 16 * 4096 + 2 * 64 * 4096) + 4 * 64 * 16
+
+
+def test_full_sweep_shape_list():
+    cases = bench.full_cases()
+    assert len(cases) == len({c.name for c in cases}) == 624
+    dec = {(c.T, c.n) for c in cases if c.kind == "decode"}
+    assert dec == {(1, 1), (16, 1), (16, 8), (16, 16), (64, 1), (64, 8), (64, 64),
+                   (256, 1), (256, 8), (256, 256)}
+    assert {c.r for c in cases} == {8, 16, 64, 128}
+    assert {c.H_out for c in cases} == {4096, 14336}
+    assert {(c.T, c.n) for c in cases if c.kind == "prefill"} == {(4096, 1), (4096, 8), (4096, 32)}
+    assert {c.op for c in cases} == {"add_lora", "shrink", "expand"}
+    assert {c.dtype for c in cases} == {torch.bfloat16, torch.float16}
+    assert cases[0].op == "add_lora" and cases[0].dtype == torch.bfloat16  # most important first
+
+
+def test_full_dry_run_on_cpu_checks_every_case(tmp_path):
+    path = tmp_path / "full.json"
+    assert bench.run_from_args(
+        bench.add_arguments(argparse.ArgumentParser()).parse_args(
+            ["--device", "cpu", "--dry-run", "--full", "--json", str(path)]),
+        progress=_quiet, out=lambda s: None) == 0
+    res = json.loads(path.read_text())
+    rows = res["rows"]
+    assert len(rows) == 624 and res["not_run"] == []
+    assert {(r["op"], r["dtype"]) for r in rows} == {
+        (op, dt) for op in ("add_lora", "shrink", "expand") for dt in ("bf16", "fp16")}
+    for r in rows:
+        assert ROW_KEYS <= r.keys()
+        assert r["rejected"] == {}, (r["name"], r["rejected"])
+        assert r["rel_err"] < 1e-2
+        assert r["baselines"], r["name"]
+
+
+@pytest.mark.parametrize(
+    "bug",
+    ["no_scaling", "off_by_0.1_percent", "last_token_dropped", "shrink_wrong_slot"],
+)
+def test_a_wrong_op_is_caught_before_timing(bug):
+    def add_lora(y, x, a, b, s, indices=None, **kw):
+        if bug == "no_scaling":
+            return reference.add_lora(y, x, a, b, torch.ones_like(s), indices, **kw)
+        if bug == "off_by_0.1_percent":
+            return reference.add_lora(y, x, a, b, s * 1.001, indices, **kw)
+        if bug == "last_token_dropped":
+            y_last = y[-1].clone()
+            reference.add_lora(y, x, a, b, s, indices, **kw)
+            y[-1] = y_last
+            return y
+        return reference.add_lora(y, x, a, b, s, indices, **kw)
+
+    def bgmv_shrink(x, a, indices, ranks=None):
+        if bug == "shrink_wrong_slot":
+            return reference.bgmv_shrink(x, a, (indices + 1) % a.shape[0], ranks)
+        return reference.bgmv_shrink(x, a, indices, ranks)
+
+    ops = _reference_ops(add_lora=add_lora, bgmv_shrink=bgmv_shrink)
+    op = "shrink" if bug == "shrink_wrong_slot" else "add_lora"
+    cases = [bench.Case("decode", op, 8, 4, 4, 32, 48, torch.float32)]
+    with pytest.raises(bench.CorrectnessError, match="differs from the float64 reference"):
+        bench.run(cases, "cpu", ops=ops, dry_run=True, progress=_quiet)
+
+
+def test_a_wrong_op_fails_the_command(capsys):
+    ops = _reference_ops(add_lora=lambda y, x, a, b, s, indices=None, **kw:
+                         reference.add_lora(y, x, a, b, 2 * s, indices, **kw))
+    args = bench.add_arguments(argparse.ArgumentParser()).parse_args(
+        ["--device", "cpu", "--dry-run"])
+    assert bench.run_from_args(args, ops=ops, progress=_quiet) == 1
+    assert "differs from the float64 reference" in capsys.readouterr().err
+
+
+def test_a_wrong_or_failing_baseline_is_left_out_of_the_timing():
+    def wrong(w):  # adds the update twice
+        bench._sorted_mm(w)
+        return bench._sorted_mm(w)
+
+    def raising(w):
+        raise RuntimeError("no kernel for this dtype")
+
+    cases = [bench.Case("prefill", "add_lora", 16, 2, 4, 32, 32, torch.float32)]
+    res = bench.run(cases, "cpu", ops=_reference_ops(), dry_run=True, progress=_quiet,
+                    extra_baselines={"wrong": wrong, "raising": raising})
+    row = res["rows"][0]
+    assert "wrong" in row["rejected"] and "wrong" not in row["baselines"]
+    assert row["baseline_rel_err"]["wrong"] > 0.5
+    assert row["skipped"]["raising"].startswith("RuntimeError: no kernel")
+    assert "raising" not in row["baselines"]
+    assert row["best_baseline"] not in ("wrong", "raising")
+    table = bench.format_table(res)
+    assert "WRONG" in table
+
+
+def test_full_on_cpu_without_dry_run_is_refused(capsys):
+    assert cli_main(["bench", "--device", "cpu", "--full"]) == 2
+    err = capsys.readouterr().err
+    assert "--full is the GPU sweep" in err and "--dry-run" in err
+
+
+def test_time_budget_lists_the_cases_not_run():
+    cases = bench.default_cases("cpu", dry_run=True)
+    res = bench.run(cases, "cpu", ops=_reference_ops(), dry_run=True, time_budget_s=0.0,
+                    progress=_quiet)
+    assert res["rows"] == [] and res["not_run"] == [c.name for c in cases]
+
+
+def test_targets_have_nothing_to_judge_on_cpu(default_result):
+    status = [t["status"] for t in bench.targets(default_result)]
+    assert status == ["n/a"] * 5  # GPU targets: a CPU dry run judges nothing
+    summary = bench.format_summary(default_result)
+    assert "DRY RUN" in summary and "4 cases measured" in summary
+
+
+def test_table_and_plot(default_result, tmp_path):
+    table = bench.format_table(default_result)
+    assert "DRY RUN" in table and "speedup" in table and "peft_loop" in table
+    assert len(table.splitlines()) >= 2 + len(default_result["rows"])
+    png = tmp_path / "plot.png"
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert bench.write_plot(default_result, str(png)) is None
+    else:
+        assert bench.write_plot(default_result, str(png)) == str(png)
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_python_dash_m_lora_kernels_bench(tmp_path):
+    path = tmp_path / "cli.json"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [PKG_PARENT, os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run(
+        [sys.executable, "-m", "lora_kernels", "bench", "--device", "cpu", "--dry-run",
+         "--json", str(path)],
+        capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "[4/4]" in proc.stderr  # one progress line per case, on stderr
+    assert "best baseline" in proc.stdout
+    assert len(json.loads(path.read_text())["rows"]) == 4
