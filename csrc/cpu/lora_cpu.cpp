@@ -22,6 +22,9 @@ constexpr int64_t kShrinkRowsPerBlock = 4;  // rank rows per shrink work unit
 constexpr int64_t kExpandColsPerBlock = 512;  // output features per expand work unit
 constexpr int64_t kKBlock = 1024;  // H_in elements staged per pass (fits L1/L2 with the tokens)
 constexpr int64_t kOBlock = 64;    // output features transposed per pass in the expand
+// Up to this many tokens per work item the expand takes one dot product per output over B's
+// contiguous rows; transposing a block of B only pays off when more tokens share it.
+constexpr int64_t kExpandDotMaxTokens = 2;
 
 std::string index_error(const char* name, int64_t pos, int64_t value, const char* expected) {
   return std::string(name) + "[" + std::to_string(pos) + "] = " + std::to_string(value) +
@@ -223,23 +226,45 @@ void expand_unit(const ExpandParams& p, const Plan& plan, int64_t unit) {
   std::vector<const Acc*> vp(M);
   for (int64_t m = 0; m < M; ++m) vp[m] = static_cast<const Acc*>(p.v) + rows[m] * p.v_stride;
 
-  std::vector<Acc>& bt = scratch<Acc>(1);
+  const bool by_dot = M <= kExpandDotMaxTokens;
+  std::vector<Acc>& bt = scratch<Acc>(1);  // B block: transposed [r][kOBlock], or rows [kOBlock][r]
   std::vector<Acc>& out = scratch<Acc>(2);
   bt.resize(static_cast<size_t>(r * kOBlock));  // columns past `on` in a tail block are unused
   out.resize(static_cast<size_t>(M * kOBlock));
+  std::vector<const Acc*> b_rows(by_dot ? kOBlock : 0);
   Acc bias_block[kOBlock] = {};
   for (int64_t o0 = o_begin; o0 < o_end; o0 += kOBlock) {
     const int64_t on = std::min(kOBlock, o_end - o0);
-    for (int64_t o = 0; o < on; ++o) {
-      const T* row = b + (o0 + o) * p.max_rank;
-      for (int64_t j = 0; j < r; ++j) bt[j * kOBlock + o] = Numeric<T>::load(row[j]);
+    if (by_dot) {
+      for (int64_t o = 0; o < on; ++o) {
+        const T* row = b + (o0 + o) * p.max_rank;
+        if constexpr (std::is_same_v<T, Acc>) {
+          b_rows[o] = row;
+        } else {
+          Acc* dst = bt.data() + o * r;
+          for (int64_t j = 0; j < r; ++j) dst[j] = Numeric<T>::load(row[j]);
+          b_rows[o] = dst;
+        }
+      }
+      std::fill(out.begin(), out.begin() + M * kOBlock, Acc(0));
+      for (int64_t m = 0; m < M; ++m) dot_block(vp.data() + m, 1, b_rows.data(), on, r, out.data() + m * kOBlock);
+    } else {
+      for (int64_t o = 0; o < on; ++o) {
+        const T* row = b + (o0 + o) * p.max_rank;
+        for (int64_t j = 0; j < r; ++j) bt[j * kOBlock + o] = Numeric<T>::load(row[j]);
+      }
+      expand_tile(vp.data(), M, bt.data(), r, out.data());
     }
     if (bias)
       for (int64_t o = 0; o < on; ++o) bias_block[o] = Numeric<T>::load(bias[o0 + o]);
-    expand_tile(vp.data(), M, bt.data(), r, out.data());
     for (int64_t m = 0; m < M; ++m) {
       T* __restrict y = static_cast<T*>(p.y) + rows[m] * p.y_stride + o0;
       const Acc* __restrict delta = out.data() + m * kOBlock;
+      // Rows of y are visited a block at a time, too many at once for the hardware prefetcher
+      // to follow: fetch this row's next block now, it is written after the other rows' turn.
+      if (o0 + kOBlock < o_end)
+        for (int64_t line = 0; line < kOBlock * static_cast<int64_t>(sizeof(T)); line += 64)
+          __builtin_prefetch(reinterpret_cast<const char*>(y + kOBlock) + line, 1);
       for (int64_t o = 0; o < on; ++o)
         y[o] = Numeric<T>::store(Numeric<T>::load(y[o]) + scale * (delta[o] + bias_block[o]));
     }
