@@ -185,3 +185,32 @@ def input_ids(batch: int, length: int, seed: int = 0) -> torch.Tensor:
 
 def deepcopy_model(model: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(model)
+
+
+def check_per_layer_against_peft(model, peft_model, input_ids, rows: list[str], tol: float = 2e-2) -> None:
+    """Run `model` (a MultiLoRAModel) once, capturing every LoRA layer's input and output, then run
+    the same PEFT layer on the same input. `"__base__"` rows must equal the base layer exactly;
+    the LoRA update (output - base) must be within `tol` of PEFT's, relative, per layer."""
+    captured = {}
+    hooks = [
+        layer.register_forward_hook(lambda mod, inp, out, name=name: captured.__setitem__(name, (inp[0], out.clone())))
+        for name, layer in model.lora_layers.items()
+    ]
+    try:
+        model(input_ids=input_ids, adapter_names=rows)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert set(captured) == set(model.lora_layers)
+    base_rows = [i for i, n in enumerate(rows) if n == "__base__"]
+    for name, (x, y) in captured.items():
+        layer = peft_model.base_model.model.get_submodule(name)
+        with torch.no_grad():
+            y_peft = layer(x, adapter_names=rows)
+            base = layer.base_layer(x)
+        assert y.dtype == base.dtype, name
+        for i in base_rows:
+            assert torch.equal(y[i], base[i]), name
+        d_ours, d_peft = y.double() - base.double(), y_peft.double() - base.double()
+        err = ((d_ours - d_peft).norm() / d_peft.norm()).item()
+        assert err < tol, f"{name}: update differs from PEFT's by {err:.3e}"

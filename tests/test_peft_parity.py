@@ -185,30 +185,9 @@ def test_beam_search_repeats_adapter_per_beam(dirs):
 def test_low_precision_per_layer(dirs, family, dtype):
     ads = dirs[family]
     rows = mixed_rows(list(ads))
-    ids = F.input_ids(len(rows), 5, seed=8)
     model = MultiLoRAModel(F.BUILDERS[family](dtype), ads)
-    captured = {}
-    hooks = [
-        layer.register_forward_hook(lambda mod, inp, out, name=name: captured.__setitem__(name, (inp[0], out.clone())))
-        for name, layer in model.lora_layers.items()
-    ]
-    model(input_ids=ids, adapter_names=rows)
-    for h in hooks:
-        h.remove()
-    pm = F.peft_model(family, ads, dtype)
-    assert set(captured) == set(model.lora_layers)
-    base_rows = [i for i, n in enumerate(rows) if n == "__base__"]
-    for name, (x, y) in captured.items():
-        layer = pm.base_model.model.get_submodule(name)
-        with torch.no_grad():
-            y_peft = layer(x, adapter_names=rows)
-            base = layer.base_layer(x)
-        assert y.dtype == dtype
-        for i in base_rows:
-            assert torch.equal(y[i], base[i]), name
-        d_ours, d_peft = y.double() - base.double(), y_peft.double() - base.double()
-        err = ((d_ours - d_peft).norm() / d_peft.norm()).item()
-        assert err < 2e-2, f"{name}: update differs from PEFT's by {err:.3e}"
+    assert all(layer.pool.dtype == dtype for layer in model.lora_layers.values())
+    F.check_per_layer_against_peft(model, F.peft_model(family, ads, dtype), F.input_ids(len(rows), 5, seed=8), rows)
 
 
 # --- paths and metadata -----------------------------------------------------------------------

@@ -71,26 +71,9 @@ def test_cuda_model_moved_after_wrapping(dirs):
 def test_cuda_low_precision_per_layer(dirs, dtype):
     ads = dirs["llama"]
     rows = _rows(list(ads))
-    ids = F.input_ids(len(rows), 6, seed=3).cuda()
     model = MultiLoRAModel(F.tiny_llama(dtype).cuda(), ads)
-    captured = {}
-    hooks = [
-        layer.register_forward_hook(lambda mod, inp, out, name=name: captured.__setitem__(name, (inp[0], out.clone())))
-        for name, layer in model.lora_layers.items()
-    ]
-    model(input_ids=ids, adapter_names=rows)
-    for h in hooks:
-        h.remove()
     pm = F.peft_model("llama", ads, dtype).cuda()
-    for name, (x, y) in captured.items():
-        layer = pm.base_model.model.get_submodule(name)
-        with torch.no_grad():
-            y_peft = layer(x, adapter_names=rows)
-            base = layer.base_layer(x)
-        assert torch.equal(y[1], base[1]), name  # the "__base__" row
-        d_ours, d_peft = y.double() - base.double(), y_peft.double() - base.double()
-        err = ((d_ours - d_peft).norm() / d_peft.norm()).item()
-        assert err < 2e-2, (name, err)
+    F.check_per_layer_against_peft(model, pm, F.input_ids(len(rows), 6, seed=3).cuda(), rows)
 
 
 def test_cuda_greedy_generate(dirs):
