@@ -53,7 +53,7 @@ import torch
 from torch import Tensor
 
 from . import ops
-from .peft import LoRAModule, PeftAdapter
+from .peft import LoRAModule, PeftAdapter, match_pattern_key
 from .pool import LoRAPool
 
 __all__ = [
@@ -285,10 +285,6 @@ def shard_lora_module(
     return LoRAModule(**f)
 
 
-def _pattern_matches(key: str, name: str) -> bool:
-    return re.match(rf"(.*\.)?({key})$", name) is not None
-
-
 def shard_peft_adapter(
     adapter: PeftAdapter,
     tp_rank: int,
@@ -324,7 +320,7 @@ def shard_peft_adapter(
             f"{where}: styles must be a mapping of module-name pattern -> style, "
             f"got {type(styles).__name__}."
         )
-    parsed: list[tuple[str, ParallelStyle]] = []
+    parsed: dict[str, ParallelStyle] = {}
     for key, style in styles.items():
         if not isinstance(key, str):
             raise TypeError(f"{where}: styles keys must be str patterns, got {key!r}.")
@@ -332,16 +328,15 @@ def shard_peft_adapter(
             re.compile(key)
         except re.error as e:
             raise ValueError(f"{where}: styles key {key!r} is not a valid regex: {e}.") from None
-        parsed.append((key, _as_style(style, f"{where}: styles[{key!r}]")))
+        parsed[key] = _as_style(style, f"{where}: styles[{key!r}]")
     modules = getattr(adapter, "modules", None)
     if not isinstance(modules, Mapping):
         raise TypeError(
             f"{where}: adapter must be a PeftAdapter (with a .modules mapping), "
             f"got {type(adapter).__name__}."
         )
-    unmatched = [
-        name for name in modules if not any(_pattern_matches(k, name) for k, _ in parsed)
-    ]
+    key_of = {name: match_pattern_key(parsed, name) for name in modules}  # PEFT's own rule
+    unmatched = [name for name, key in key_of.items() if key is None]
     if unmatched:
         raise ValueError(
             f"{where}: no styles key matches module(s) {unmatched}; keys are {list(styles)}. "
@@ -349,8 +344,7 @@ def shard_peft_adapter(
         )
     out: dict[str, LoRAModule] = {}
     for name, module in modules.items():
-        style = next(s for k, s in parsed if _pattern_matches(k, name))
-        out[name] = shard_lora_module(module, style, tp_rank, tp_size)
+        out[name] = shard_lora_module(module, parsed[key_of[name]], tp_rank, tp_size)
     return PeftAdapter(
         path=getattr(adapter, "path", None),
         config=dict(getattr(adapter, "config", {})),
