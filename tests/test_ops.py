@@ -21,6 +21,7 @@ SHAPES = {  # T, H_in, H_out, N, R
     "one-token": (1, 40, 24, 2, 16),
     "long-groups": (150, 24, 20, 2, 5),  # > 32 tokens per slot: groups split into work items
     "rank-1": (13, 33, 17, 3, 1),
+    "packed-shrink": (300, 70, 40, 3, 20),  # >= 4 items of >= 16 tokens: the packed CPU shrink
 }
 
 

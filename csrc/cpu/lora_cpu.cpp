@@ -18,7 +18,12 @@
 namespace lora_kernels::cpu {
 namespace {
 
-constexpr int64_t kShrinkRowsPerBlock = 4;  // rank rows per shrink work unit
+// Rank rows per shrink work unit, for small items (a few tokens still spread over the threads);
+// when every item has kPackedMinTokens tokens on average, a unit takes all R rows and the packed
+// kernel (packing W costs about what 16 tokens' worth of dot products saves).
+constexpr int64_t kShrinkRowsPerBlock = 4;
+constexpr int64_t kPackedMinTokens = 16;
+constexpr int64_t kPackedMinItems = 4;  // fewer items: split the rank so that every thread works
 constexpr int64_t kExpandColsPerBlock = 512;  // output features per expand work unit
 constexpr int64_t kKBlock = 1024;  // H_in elements staged per pass (fits L1/L2 with the tokens)
 constexpr int64_t kOBlock = 64;    // output features transposed per pass in the expand
@@ -98,6 +103,50 @@ LK_CPU_CLONES void dot_block(const double* const* x, int64_t M, const double* co
   dot_block_impl<double>(x, M, w, J, len, acc);
 }
 
+// The shrink for items of many tokens, as an outer-product GEMM: a chunk of 2 * kLanes rank
+// rows of W is packed k-major (wt[k][j]), so each k step is two vector loads of W and one
+// broadcast per token, and 6 tokens x 2 vectors keep 12 accumulators in registers: no
+// horizontal sums, 12 FMAs per 8 loads. acc[m * ld + j] += sum_k x[m][k] * wt[k][j], j < cn.
+template <typename Acc, int MT>
+inline __attribute__((always_inline)) void packed_rows(const Acc* const* x, const Acc* wt, int64_t len,
+                                                       Acc* acc, int64_t ld, int64_t cn) {
+  constexpr int kLanes = 32 / sizeof(Acc);
+  typedef Acc VecT __attribute__((vector_size(32)));
+  const Acc* xr[MT];
+#pragma GCC unroll 8
+  for (int m = 0; m < MT; ++m) xr[m] = x[m];
+  VecT c[MT * 2];
+#pragma GCC unroll 16
+  for (int i = 0; i < MT * 2; ++i) c[i] = VecT{};
+  for (int64_t k = 0; k < len; ++k) {
+    VecT w0, w1;
+    std::memcpy(&w0, wt + k * 2 * kLanes, sizeof(VecT));
+    std::memcpy(&w1, wt + k * 2 * kLanes + kLanes, sizeof(VecT));
+#pragma GCC unroll 8
+    for (int m = 0; m < MT; ++m) {
+      const VecT xm = VecT{} + xr[m][k];  // broadcast
+      c[2 * m] += xm * w0;
+      c[2 * m + 1] += xm * w1;
+    }
+  }
+#pragma GCC unroll 8
+  for (int m = 0; m < MT; ++m) {
+    Acc sums[2 * kLanes];
+    std::memcpy(sums, &c[2 * m], sizeof(VecT));
+    std::memcpy(sums + kLanes, &c[2 * m + 1], sizeof(VecT));
+    for (int64_t j = 0; j < cn; ++j) acc[m * ld + j] += sums[j];
+  }
+}
+
+template <typename Acc>
+LK_CPU_CLONES void packed_block(const Acc* const* x, int64_t M, const Acc* wt, int64_t len, Acc* acc,
+                                int64_t ld, int64_t cn) {
+  int64_t m = 0;
+  for (; m + 6 <= M; m += 6) packed_rows<Acc, 6>(x + m, wt, len, acc + m * ld, ld, cn);
+  for (; m + 2 <= M; m += 2) packed_rows<Acc, 2>(x + m, wt, len, acc + m * ld, ld, cn);
+  for (; m < M; ++m) packed_rows<Acc, 1>(x + m, wt, len, acc + m * ld, ld, cn);
+}
+
 // out[m][o] = sum_j v[m][j] * bt[j][o] for o < kOBlock: the expand's tile (bt is B transposed,
 // [r][kOBlock]). MT tokens x two vectors of outputs per pass keep 2 * MT accumulators in registers.
 template <typename Acc, int MT>
@@ -146,17 +195,18 @@ LK_CPU_CLONES void expand_tile(const double* const* v, int64_t M, const double* 
 // Per-thread staging buffers, grown on demand and reused across calls.
 template <typename Acc>
 std::vector<Acc>& scratch(int which) {
-  thread_local std::vector<Acc> buffers[3];
+  thread_local std::vector<Acc> buffers[4];
   return buffers[which];
 }
 
 template <typename T>
 void shrink_unit(const ShrinkParams& p, const Plan& plan, int64_t unit) {
   using Acc = typename Numeric<T>::Acc;
-  const int64_t blocks = shrink_column_blocks(p);
+  const int64_t blocks = shrink_column_blocks(p, plan);
+  const int64_t rows_per_block = blocks == 1 ? p.max_rank : kShrinkRowsPerBlock;
   const WorkItem& item = plan.items[unit / blocks];
-  const int64_t j0 = (unit % blocks) * kShrinkRowsPerBlock;
-  const int64_t j1 = std::min(j0 + kShrinkRowsPerBlock, p.max_rank);
+  const int64_t j0 = (unit % blocks) * rows_per_block;
+  const int64_t j1 = std::min(j0 + rows_per_block, p.max_rank);
   const int64_t M = item.end - item.begin;
   const int64_t* rows = plan.order.data() + item.begin;
   const int64_t r = effective_rank(p.ranks, item.slot, p.num_slots, p.max_rank);
@@ -164,7 +214,7 @@ void shrink_unit(const ShrinkParams& p, const Plan& plan, int64_t unit) {
   auto v_row = [&](int64_t m) { return static_cast<Acc*>(p.v) + rows[m] * p.v_stride; };
 
   std::vector<Acc>& acc = scratch<Acc>(0);
-  acc.assign(static_cast<size_t>(M * kShrinkRowsPerBlock), Acc(0));
+  acc.assign(static_cast<size_t>(M * rows_per_block), Acc(0));
   if (jn > 0) {
     const T* x = static_cast<const T*>(p.x);
     const T* a = static_cast<const T*>(p.lora_a) + (item.slot * p.max_rank + j0) * p.h_in;
@@ -199,7 +249,22 @@ void shrink_unit(const ShrinkParams& p, const Plan& plan, int64_t unit) {
         }
       }
       // acc is laid out [M][jn] while computing, then scattered to v.
-      dot_block(xp.data(), M, wp.data(), jn, len, acc.data());
+      if (blocks == 1 && M >= kPackedMinTokens) {
+        constexpr int64_t kChunk = 64 / sizeof(Acc);  // rank rows per packed pass: two vectors
+        std::vector<Acc>& wt = scratch<Acc>(3);
+        wt.resize(static_cast<size_t>(kKBlock * kChunk));
+        for (int64_t c0 = 0; c0 < jn; c0 += kChunk) {
+          const int64_t cn = std::min(kChunk, jn - c0);
+          for (int64_t j = 0; j < kChunk; ++j) {
+            Acc* dst = wt.data() + j;
+            const Acc* src = j < cn ? wp[c0 + j] : nullptr;
+            for (int64_t k = 0; k < len; ++k) dst[k * kChunk] = src ? src[k] : Acc(0);
+          }
+          packed_block(xp.data(), M, wt.data(), len, acc.data() + c0, jn, cn);
+        }
+      } else {
+        dot_block(xp.data(), M, wp.data(), jn, len, acc.data());
+      }
     }
   }
   for (int64_t m = 0; m < M; ++m) {
@@ -382,7 +447,9 @@ std::string check_token_ids(const IndexVec& token_ids, int64_t num_tokens, int64
   return {};
 }
 
-int64_t shrink_column_blocks(const ShrinkParams& p) {
+int64_t shrink_column_blocks(const ShrinkParams& p, const Plan& plan) {
+  const int64_t items = static_cast<int64_t>(plan.items.size());
+  if (items >= kPackedMinItems && p.map.num_tokens >= kPackedMinTokens * items) return 1;
   return std::max<int64_t>((p.max_rank + kShrinkRowsPerBlock - 1) / kShrinkRowsPerBlock, 1);
 }
 int64_t expand_column_blocks(const ExpandParams& p) {

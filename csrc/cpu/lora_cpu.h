@@ -37,7 +37,7 @@ std::string check_ranks(const IndexVec& ranks, int64_t num_slots, int64_t max_ra
 std::string check_token_ids(const IndexVec& token_ids, int64_t num_tokens, int64_t vocab);
 
 // Column blocks per work item (rank rows for the shrink, output features for the expand).
-int64_t shrink_column_blocks(const ShrinkParams& p);
+int64_t shrink_column_blocks(const ShrinkParams& p, const Plan& plan);
 int64_t expand_column_blocks(const ExpandParams& p);
 
 // Run work units [begin, end) of units = items x column blocks (item-major).

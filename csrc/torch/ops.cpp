@@ -11,7 +11,7 @@ namespace {
 // Tokens per work item sharing one pass over an adapter's weights. The shrink stages the items'
 // rows of x block by block, so its items stay small; the expand transposes a block of B once
 // per item, so larger items amortize that.
-constexpr int64_t kShrinkGroupTokens = 32;
+constexpr int64_t kShrinkGroupTokens = 128;
 constexpr int64_t kExpandGroupTokens = 128;
 
 cpu::Plan plan_for(const TokenMap& map, int64_t num_slots, int64_t group_tokens) {
@@ -28,7 +28,7 @@ struct CpuBackend {
   };
   static void shrink(const ShrinkParams& p) {
     const cpu::Plan plan = plan_for(p.map, p.num_slots, kShrinkGroupTokens);
-    const int64_t units = static_cast<int64_t>(plan.items.size()) * cpu::shrink_column_blocks(p);
+    const int64_t units = static_cast<int64_t>(plan.items.size()) * cpu::shrink_column_blocks(p, plan);
     at::parallel_for(0, units, 1, [&](int64_t b, int64_t e) { cpu::shrink(p, plan, b, e); });
   }
   static void expand(const ExpandParams& p) {
