@@ -39,7 +39,7 @@ std::vector<double> widen(const std::vector<T>& v) {
 
 template <typename T>
 void check_add_lora(DType dtype, bool segments, int64_t T_, int64_t H_in, int64_t H_out, int64_t N, int64_t R,
-                    double tol, uint32_t seed) {
+                    double tol, uint32_t seed, int64_t group_tokens = 4) {
   using Acc = typename Numeric<T>::Acc;
   lk_test::Problem p = lk_test::random_problem(T_, H_in, H_out, N, R, seed);
   // Round the inputs to T first, so the reference sees exactly what the kernel sees.
@@ -78,9 +78,9 @@ void check_add_lora(DType dtype, bool segments, int64_t T_, int64_t H_in, int64_
   ep.h_out = H_out, ep.dtype = dtype, ep.map = map;
 
   cpu::Plan plan;
-  const std::string error = cpu::build_plan(map, N, 4, &plan);
+  const std::string error = cpu::build_plan(map, N, group_tokens, &plan);
   EXPECT(error.empty(), "build_plan: %s", error.c_str());
-  cpu::shrink(sp, plan, 0, static_cast<int64_t>(plan.items.size()) * cpu::shrink_column_blocks(sp));
+  cpu::shrink(sp, plan, 0, static_cast<int64_t>(plan.items.size()) * cpu::shrink_column_blocks(sp, plan));
   cpu::expand(ep, plan, 0, static_cast<int64_t>(plan.items.size()) * cpu::expand_column_blocks(ep));
 
   double err = 0, ref = 0;
@@ -162,6 +162,9 @@ int main() {
     check_add_lora<Half>(DType::kFloat16, seg, 40, 33, 1, 5, 16, 1e-2, 3);
     check_add_lora<BFloat16>(DType::kBFloat16, seg, 9, 1, 130, 2, 3, 1e-2, 4);
     check_add_lora<float>(DType::kFloat32, seg, 0, 8, 8, 2, 4, 1e-5, 5);
+    // Large items: the packed shrink (rank 20 = one full and one partial chunk of rows).
+    check_add_lora<float>(DType::kFloat32, seg, 300, 70, 40, 4, 20, 1e-5, 6, 64);
+    check_add_lora<BFloat16>(DType::kBFloat16, seg, 300, 70, 40, 4, 20, 1e-2, 7, 64);
   }
   std::printf("%d passed, %d failed\n", passed, failed);
   return failed == 0 ? 0 : 1;
