@@ -8,9 +8,10 @@
 namespace lora_kernels::binding {
 namespace {
 
-// Tokens per work item sharing one pass over an adapter's weights. The shrink stages the items'
-// rows of x block by block, so its items stay small; the expand transposes a block of B once
-// per item, so larger items amortize that.
+// Tokens per work item sharing one pass over an adapter's weights: large items amortize the
+// shrink's packing of A (packed kernel) and the expand's transpose of B. (Smaller shrink items
+// for batches of few adapters, to use the packed kernel there too, measured slower: 16-token
+// items took decode of 64 tokens over one adapter from ~230 to ~310 us.)
 constexpr int64_t kShrinkGroupTokens = 128;
 constexpr int64_t kExpandGroupTokens = 128;
 
