@@ -21,7 +21,9 @@ from torch import Tensor
 
 from . import _build  # noqa: F401  (loads the compiled ops)
 
-__all__ = ["bgmv_shrink", "bgmv_expand", "sgmv_shrink", "sgmv_expand", "add_lora", "add_lora_embedding"]
+__all__ = [
+    "bgmv_shrink", "bgmv_expand", "sgmv_shrink", "sgmv_expand", "add_lora", "add_lora_embedding", "add_lora_slices",
+]
 
 _ops = torch.ops.lora_kernels
 
@@ -156,6 +158,60 @@ def add_lora_embedding(
     return y
 
 
+def add_lora_slices(
+    y: Tensor,
+    x: Tensor,
+    lora_a: list[Tensor],
+    lora_b: list[Tensor],
+    scaling: list[Tensor],
+    indices: Tensor | None = None,
+    *,
+    seg_indptr: Tensor | None = None,
+    seg_adapter: Tensor | None = None,
+    ranks: list[Tensor] | None = None,
+    lora_bias: list[Tensor] | None = None,
+) -> Tensor:
+    """y[t, o_i : o_i + H_out_i] += scaling[i][a] * ((x[t] @ lora_a[i][a, :r].T) @ lora_b[i][a, :, :r].T
+    + lora_bias[i][a]) for every slice i, with a the slot of token t and r = ranks[i][a]; in place.
+
+    Several LoRA slices side by side in the columns of one ``y``: a fused qkv output (q, k and v
+    of different widths under GQA, each with its own rank and scale through PEFT's
+    ``rank_pattern`` / ``alpha_pattern``) or a fused gate_up output. Slice i covers columns
+    ``o_i = H_out_0 + ... + H_out_{i-1}`` to ``o_i + H_out_i``; the result equals
+    :func:`add_lora` on each column slice ``y[:, o_i : o_i + H_out_i]``. Every argument of every
+    slice is checked before anything is written. On CPU the grouping of tokens by slot is built
+    once for every slice and both phases, and each phase is one parallel loop over slices x work
+    items. On CUDA this build still launches the :func:`add_lora` kernels once per slice.
+
+    Args:
+        y: [T, H_out_0 + ... + H_out_{n-1}] output accumulated into (row-strided views allowed).
+        x: [T, H_in] activations, shared by every slice.
+        lora_a: n tensors, lora_a[i] [N, R_i, H_in] (the same N for every slice).
+        lora_b: n tensors, lora_b[i] [N, H_out_i, R_i].
+        scaling: n float32 tensors, scaling[i] [N].
+        indices: [T] int32/int64 slot per token (-1 = none), or give ``seg_indptr`` [S+1] and
+            ``seg_adapter`` [S] instead, as in :func:`add_lora`.
+        ranks: optional n int32/int64 tensors, ranks[i] [N] with 0 <= ranks[i][a] <= R_i.
+        lora_bias: optional n tensors, lora_bias[i] [N, H_out_i].
+
+    Returns:
+        y.
+
+    Example:
+        >>> qkv = x @ w_qkv.T                          # [T, 4096 + 1024 + 1024]
+        >>> lk.add_lora_slices(qkv, x, [q.lora_a, k.lora_a, v.lora_a], [q.lora_b, k.lora_b, v.lora_b],
+        ...                    [q.scaling, k.scaling, v.scaling], meta.indices,
+        ...                    ranks=[q.ranks, k.ranks, v.ranks])   # q, k, v: one LoRAPool each
+    """
+    _ops.add_lora_slices(
+        y, x, list(lora_a), list(lora_b), list(scaling), indices,
+        seg_indptr=seg_indptr, seg_adapter=seg_adapter,
+        ranks=None if ranks is None else list(ranks),
+        lora_bias=None if lora_bias is None else list(lora_bias),
+    )
+    return y
+
+
 # Fake implementations: shapes and dtypes only, for torch.compile / FakeTensor tracing.
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
@@ -202,4 +258,28 @@ def _add_lora_fake(
 
 @torch.library.register_fake("lora_kernels::add_lora_embedding")
 def _add_lora_embedding_fake(y, token_ids, lora_a, lora_b, scaling, indices, ranks=None):
+    return None
+
+
+@torch.library.register_fake("lora_kernels::add_lora_slices")
+def _add_lora_slices_fake(
+    y, x, lora_a, lora_b, scaling, indices=None, *, seg_indptr=None, seg_adapter=None, ranks=None, lora_bias=None
+):
+    op = "add_lora_slices"
+    n = len(lora_a)
+    torch._check(n > 0, lambda: f"{op}: lora_a must be a list of at least one slice's [N, R, H_in] stack, "
+                 "got an empty list.")
+    for name, given in (("lora_b", lora_b), ("scaling", scaling), ("ranks", ranks), ("lora_bias", lora_bias)):
+        if given is not None:
+            torch._check(len(given) == n, lambda: f"{op}: {name} must be a list of {n} tensors (one per slice, "
+                         f"as lora_a), got {len(given)}.")
+    for a, b in zip(lora_a, lora_b):
+        torch._check(a.dim() == 3 and b.dim() == 3,
+                     lambda: f"{op}: lora_a and lora_b must be 3-D, got {a.dim()}-D and {b.dim()}-D.")
+    widths = [b.shape[1] for b in lora_b]
+    torch._check(
+        y.shape[1] == sum(widths),
+        lambda: f"{op}: y must have shape [T, H_out] with H_out = {' + '.join(map(str, widths))} = {sum(widths)} "
+        f"(the slices' H_out side by side), got shape {list(y.shape)}.",
+    )
     return None

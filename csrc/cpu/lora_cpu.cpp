@@ -467,4 +467,44 @@ void embedding_shrink(const EmbeddingShrinkParams& p, const Plan& plan, int64_t 
   dispatch<EmbeddingShrinkRange>(p.dtype, p, plan, begin, end);
 }
 
+namespace {
+
+// Splits units [begin, end) of a slice-major numbering into per-slice local ranges.
+template <typename Params, typename Run>
+void run_slices(const Params* p, const std::vector<int64_t>& offsets, int64_t begin, int64_t end, Run run) {
+  const int64_t n = static_cast<int64_t>(offsets.size()) - 1;
+  // The slice holding `begin`: the last s with offsets[s] <= begin.
+  int64_t s = std::upper_bound(offsets.begin(), offsets.end(), begin) - offsets.begin() - 1;
+  for (; s < n && offsets[s] < end; ++s) {
+    const int64_t b = std::max(begin, offsets[s]) - offsets[s];
+    const int64_t e = std::min(end, offsets[s + 1]) - offsets[s];
+    if (b < e) run(p[s], b, e);
+  }
+}
+
+}  // namespace
+
+std::vector<int64_t> shrink_slice_offsets(const ShrinkParams* p, int64_t n, const Plan& plan) {
+  std::vector<int64_t> offsets(static_cast<size_t>(n) + 1, 0);
+  const int64_t items = static_cast<int64_t>(plan.items.size());
+  for (int64_t s = 0; s < n; ++s) offsets[s + 1] = offsets[s] + items * shrink_column_blocks(p[s], plan);
+  return offsets;
+}
+std::vector<int64_t> expand_slice_offsets(const ExpandParams* p, int64_t n, const Plan& plan) {
+  std::vector<int64_t> offsets(static_cast<size_t>(n) + 1, 0);
+  const int64_t items = static_cast<int64_t>(plan.items.size());
+  for (int64_t s = 0; s < n; ++s) offsets[s + 1] = offsets[s] + items * expand_column_blocks(p[s]);
+  return offsets;
+}
+void shrink_slices(const ShrinkParams* p, const std::vector<int64_t>& offsets, const Plan& plan, int64_t begin,
+                   int64_t end) {
+  run_slices(p, offsets, begin, end,
+             [&](const ShrinkParams& q, int64_t b, int64_t e) { shrink(q, plan, b, e); });
+}
+void expand_slices(const ExpandParams* p, const std::vector<int64_t>& offsets, const Plan& plan, int64_t begin,
+                   int64_t end) {
+  run_slices(p, offsets, begin, end,
+             [&](const ExpandParams& q, int64_t b, int64_t e) { expand(q, plan, b, e); });
+}
+
 }  // namespace lora_kernels::cpu

@@ -46,4 +46,16 @@ void expand(const ExpandParams& p, const Plan& plan, int64_t begin, int64_t end)
 // Embedding shrink: one unit per work item.
 void embedding_shrink(const EmbeddingShrinkParams& p, const Plan& plan, int64_t begin, int64_t end);
 
+// add_lora_slices: n slices (each its own weights, ranks, v and column range of y) over one plan,
+// numbered slice-major: slice s owns units [offsets[s], offsets[s + 1]) of the n slices' units,
+// so one parallel loop covers every slice x work item x column block of a phase.
+// Returns offsets (n + 1 entries; the last is the number of units).
+std::vector<int64_t> shrink_slice_offsets(const ShrinkParams* p, int64_t n, const Plan& plan);
+std::vector<int64_t> expand_slice_offsets(const ExpandParams* p, int64_t n, const Plan& plan);
+// Run units [begin, end) of those numberings.
+void shrink_slices(const ShrinkParams* p, const std::vector<int64_t>& offsets, const Plan& plan, int64_t begin,
+                   int64_t end);
+void expand_slices(const ExpandParams* p, const std::vector<int64_t>& offsets, const Plan& plan, int64_t begin,
+                   int64_t end);
+
 }  // namespace lora_kernels::cpu

@@ -14,6 +14,7 @@ namespace {
 // items took decode of 64 tokens over one adapter from ~230 to ~310 us.)
 constexpr int64_t kShrinkGroupTokens = 128;
 constexpr int64_t kExpandGroupTokens = 128;
+static_assert(kShrinkGroupTokens == kExpandGroupTokens, "add_lora_slices shares one plan between both phases");
 
 cpu::Plan plan_for(const TokenMap& map, int64_t num_slots, int64_t group_tokens) {
   cpu::Plan plan;
@@ -42,6 +43,18 @@ struct CpuBackend {
     const int64_t items = static_cast<int64_t>(plan.items.size());
     at::parallel_for(0, items, 1, [&](int64_t b, int64_t e) { cpu::embedding_shrink(p, plan, b, e); });
   }
+  // One plan, built by the value check, shared by every slice and both phases; each phase is one
+  // parallel loop over slices x work items x column blocks.
+  static void add_lora_slices(const SliceValues& values, const std::vector<ShrinkParams>& sp,
+                              const std::vector<ExpandParams>& ep) {
+    cpu::Plan plan;
+    check_slice_values(values, kShrinkGroupTokens, &plan);
+    const int64_t n = static_cast<int64_t>(sp.size());
+    const std::vector<int64_t> so = cpu::shrink_slice_offsets(sp.data(), n, plan);
+    at::parallel_for(0, so.back(), 1, [&](int64_t b, int64_t e) { cpu::shrink_slices(sp.data(), so, plan, b, e); });
+    const std::vector<int64_t> eo = cpu::expand_slice_offsets(ep.data(), n, plan);
+    at::parallel_for(0, eo.back(), 1, [&](int64_t b, int64_t e) { cpu::expand_slices(ep.data(), eo, plan, b, e); });
+  }
 };
 
 }  // namespace
@@ -62,8 +75,13 @@ TORCH_LIBRARY(lora_kernels, m) {
   m.def(
       "add_lora_embedding(Tensor(a!) y, Tensor token_ids, Tensor lora_a, Tensor lora_b, Tensor scaling, "
       "Tensor indices, Tensor? ranks=None) -> ()");
+  m.def(
+      "add_lora_slices(Tensor(a!) y, Tensor x, Tensor[] lora_a, Tensor[] lora_b, Tensor[] scaling, "
+      "Tensor? indices=None, *, Tensor? seg_indptr=None, Tensor? seg_adapter=None, Tensor[]? ranks=None, "
+      "Tensor[]? lora_bias=None) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(lora_kernels, CPU, m) {
   lora_kernels::binding::register_ops<lora_kernels::binding::CpuBackend>(m);
+  lora_kernels::binding::register_slices_op<lora_kernels::binding::CpuBackend>(m);
 }

@@ -246,4 +246,21 @@ EmbeddingShrinkParams prepare_embedding_shrink(const char* op, const Tensor& y, 
   return p;
 }
 
+void check_slice_values(const SliceValues& s, int64_t group_tokens, cpu::Plan* plan) {
+  const Tensor h_indices = host(s.indices), h_indptr = host(s.seg_indptr), h_adapter = host(s.seg_adapter);
+  TokenMap hmap = s.map;
+  hmap.indices = host_vec(h_indices);
+  hmap.seg_indptr = host_vec(h_indptr);
+  hmap.seg_adapter = host_vec(h_adapter);
+  cpu::Plan local;
+  std::string error = cpu::build_plan(hmap, s.num_slots, group_tokens > 0 ? group_tokens : s.map.num_tokens,
+                                      plan != nullptr ? plan : &local);
+  TORCH_CHECK(error.empty(), s.op, ": ", error);
+  for (size_t i = 0; i < s.ranks.size(); ++i) {
+    const Tensor h_ranks = host(s.ranks[i]);
+    error = cpu::check_ranks(host_vec(h_ranks), s.num_slots, s.max_ranks[i]);
+    TORCH_CHECK(error.empty(), s.op, " (slice ", i, "): ", error);
+  }
+}
+
 }  // namespace lora_kernels::binding

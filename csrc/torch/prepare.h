@@ -5,8 +5,14 @@
 #include <ATen/core/Tensor.h>
 
 #include <optional>
+#include <string>
+#include <vector>
 
 #include "lora_kernels/params.h"
+
+namespace lora_kernels::cpu {
+struct Plan;
+}
 
 namespace lora_kernels::binding {
 
@@ -43,5 +49,20 @@ ExpandParams prepare_expand(const char* op, const Tensor& y, const Tensor& v, co
 EmbeddingShrinkParams prepare_embedding_shrink(const char* op, const Tensor& y, const Tensor& token_ids,
                                                const Tensor& lora_a, const TokenMap& map, const OptTensor& ranks,
                                                Tensor* v);
+
+// add_lora_slices: what its value checks need (the token map once, the ranks of every slice).
+struct SliceValues {
+  const char* op = nullptr;
+  TokenMap map;
+  OptTensor indices, seg_indptr, seg_adapter;
+  std::vector<OptTensor> ranks;     // per slice
+  std::vector<int64_t> max_ranks;   // R_i per slice
+  int64_t num_slots = 0;            // N, the same for every slice
+};
+
+// Checks the index values once and each slice's ranks (ranks[i] against R_i) on the host.
+// The grouping of tokens by slot that the check builds goes to `plan` when given (work items of
+// at most `group_tokens` tokens), so the CPU executor builds it once for every slice and phase.
+void check_slice_values(const SliceValues& s, int64_t group_tokens, cpu::Plan* plan);
 
 }  // namespace lora_kernels::binding
