@@ -153,9 +153,65 @@ void test_plan_errors() {
   EXPECT(e == "ranks[1] = 9 is out of range; expected 0 <= ranks[a] <= R = 8.", "%s", e.c_str());
 }
 
+// add_lora_slices' executor: two slices over one plan, run as ranges of units that straddle the
+// slices (as a parallel loop splits them), bit-for-bit equal to each slice's own shrink / expand.
+void test_slices() {
+  const int64_t T_ = 23, H_in = 19, N = 3;
+  const int64_t widths[2] = {13, 6}, max_ranks[2] = {5, 2}, H_out = 19;
+  std::vector<int32_t> idx(T_);
+  for (int64_t t = 0; t < T_; ++t) idx[t] = static_cast<int32_t>((t * 7) % (N + 1)) - 1;  // -1 .. 2, unsorted
+  TokenMap map;
+  map.num_tokens = T_;
+  map.indices = IndexVec{idx.data(), false, true};
+  std::vector<int32_t> ranks[2] = {{5, 0, 3}, {2, 1, 2}};
+  uint32_t state = 12345;
+  auto rnd = [&]() { return static_cast<float>((state = state * 1664525u + 1013904223u) >> 8) / 16777216.0f - 0.5f; };
+  std::vector<float> x(T_ * H_in), y0(T_ * H_out), a[2], b[2], scaling[2];
+  for (float& e : x) e = rnd();
+  for (float& e : y0) e = rnd();
+  std::vector<float> y_fused = y0, y_each = y0, v_fused[2], v_each[2];
+  ShrinkParams sp[2];
+  ExpandParams ep[2], ep_each[2];
+  int64_t offset = 0;
+  for (int i = 0; i < 2; ++i) {
+    const int64_t R = max_ranks[i];
+    a[i].resize(N * R * H_in), b[i].resize(N * widths[i] * R), scaling[i] = {0.5f, 2.0f, 1.5f};
+    for (float& e : a[i]) e = rnd();
+    for (float& e : b[i]) e = rnd();
+    v_fused[i].assign(T_ * R, -1.0f), v_each[i].assign(T_ * R, -1.0f);
+    const IndexVec r{ranks[i].data(), false, true};
+    sp[i].x = x.data(), sp[i].x_stride = H_in, sp[i].lora_a = a[i].data(), sp[i].v = v_fused[i].data();
+    sp[i].v_stride = R, sp[i].ranks = r, sp[i].num_slots = N, sp[i].max_rank = R, sp[i].h_in = H_in;
+    sp[i].dtype = DType::kFloat32, sp[i].map = map;
+    ep[i].y = y_fused.data() + offset, ep[i].y_stride = H_out, ep[i].v = v_fused[i].data(), ep[i].v_stride = R;
+    ep[i].lora_b = b[i].data(), ep[i].scaling = scaling[i].data(), ep[i].ranks = r, ep[i].num_slots = N;
+    ep[i].max_rank = R, ep[i].h_out = widths[i], ep[i].dtype = DType::kFloat32, ep[i].map = map;
+    ep_each[i] = ep[i];
+    ep_each[i].y = y_each.data() + offset, ep_each[i].v = v_each[i].data();
+    offset += widths[i];
+  }
+  cpu::Plan plan;
+  const std::string error = cpu::build_plan(map, N, 4, &plan);
+  EXPECT(error.empty(), "build_plan: %s", error.c_str());
+  const std::vector<int64_t> so = cpu::shrink_slice_offsets(sp, 2, plan), eo = cpu::expand_slice_offsets(ep, 2, plan);
+  EXPECT(so.size() == 3 && so[0] == 0 && so[1] > 0 && so[2] > so[1], "shrink offsets");
+  for (int64_t u = 0; u < so.back(); u += 3) cpu::shrink_slices(sp, so, plan, u, std::min<int64_t>(u + 3, so.back()));
+  for (int64_t u = 0; u < eo.back(); u += 5) cpu::expand_slices(ep, eo, plan, u, std::min<int64_t>(u + 5, eo.back()));
+  for (int i = 0; i < 2; ++i) {
+    ShrinkParams each = sp[i];
+    each.v = v_each[i].data();
+    cpu::shrink(each, plan, 0, static_cast<int64_t>(plan.items.size()) * cpu::shrink_column_blocks(each, plan));
+    cpu::expand(ep_each[i], plan, 0, static_cast<int64_t>(plan.items.size()) * cpu::expand_column_blocks(ep_each[i]));
+    EXPECT(v_fused[i] == v_each[i], "slice %d: v differs from the slice's own shrink", i);
+  }
+  EXPECT(y_fused == y_each, "slices: y differs from each slice's own shrink / expand");
+  EXPECT(y_fused != y0, "slices: y was not updated");
+}
+
 int main() {
   test_conversions();
   test_plan_errors();
+  test_slices();
   for (bool seg : {false, true}) {
     check_add_lora<float>(DType::kFloat32, seg, 29, 67, 45, 4, 8, 1e-5, 1);
     check_add_lora<double>(DType::kFloat64, seg, 17, 4097, 3, 3, 5, 1e-12, 2);
