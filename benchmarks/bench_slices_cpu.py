@@ -4,6 +4,7 @@ add_lora_slices does for a fused qkv / gate_up layer). Both give bit-for-bit the
 
     .venv/bin/python benchmarks/bench_slices_cpu.py            # Llama-3-8B projections, fp32
     .venv/bin/python benchmarks/bench_slices_cpu.py --quick    # smaller sizes, a few seconds
+    .venv/bin/python benchmarks/bench_slices_cpu.py --threads 1 --dtype bfloat16
 """
 
 from __future__ import annotations
@@ -74,7 +75,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller shapes")
     parser.add_argument("--runs", type=int, default=21)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.dtype}, median of {args.runs}")
     print(f"{'workload':40s} {'per-slice add_lora':>19s} {'add_lora_slices':>16s} {'speedup':>8s}")
