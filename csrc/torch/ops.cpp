@@ -44,16 +44,18 @@ struct CpuBackend {
     at::parallel_for(0, items, 1, [&](int64_t b, int64_t e) { cpu::embedding_shrink(p, plan, b, e); });
   }
   // One plan, built by the value check, shared by every slice and both phases; each phase is one
-  // parallel loop over slices x work items x column blocks.
+  // parallel loop over slices x work items x column blocks. The shrink takes every slice's rank
+  // rows in one unit per work item (x staged once) when there are at least two items per thread.
   static void add_lora_slices(const SliceValues& values, const std::vector<ShrinkParams>& sp,
                               const std::vector<ExpandParams>& ep) {
     cpu::Plan plan;
     check_slice_values(values, kShrinkGroupTokens, &plan);
     const int64_t n = static_cast<int64_t>(sp.size());
-    const std::vector<int64_t> so = cpu::shrink_slice_offsets(sp.data(), n, plan);
-    at::parallel_for(0, so.back(), 1, [&](int64_t b, int64_t e) { cpu::shrink_slices(sp.data(), so, plan, b, e); });
-    const std::vector<int64_t> eo = cpu::expand_slice_offsets(ep.data(), n, plan);
-    at::parallel_for(0, eo.back(), 1, [&](int64_t b, int64_t e) { cpu::expand_slices(ep.data(), eo, plan, b, e); });
+    const bool fuse = static_cast<int64_t>(plan.items.size()) >= 2 * at::get_num_threads();
+    const cpu::SliceUnits su = cpu::shrink_slice_units(sp.data(), n, plan, fuse);
+    at::parallel_for(0, su.total, 1, [&](int64_t b, int64_t e) { cpu::shrink_slices(sp.data(), su, plan, b, e); });
+    const cpu::SliceUnits eu = cpu::expand_slice_units(ep.data(), n, plan);
+    at::parallel_for(0, eu.total, 1, [&](int64_t b, int64_t e) { cpu::expand_slices(ep.data(), eu, plan, b, e); });
   }
 };
 

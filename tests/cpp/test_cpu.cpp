@@ -154,16 +154,18 @@ void test_plan_errors() {
 }
 
 // add_lora_slices' executor: two slices over one plan, run as ranges of units that straddle the
-// slices (as a parallel loop splits them), bit-for-bit equal to each slice's own shrink / expand.
-void test_slices() {
-  const int64_t T_ = 23, H_in = 19, N = 3;
-  const int64_t widths[2] = {13, 6}, max_ranks[2] = {5, 2}, H_out = 19;
+// slices (as a parallel loop splits them), bit-for-bit equal to each slice's own shrink / expand;
+// `expect_fused`: the shrink takes both slices' rows in one unit per work item.
+void test_slices(int64_t T_, int64_t R0, int64_t R1, int64_t group_tokens, bool allow_fused, bool expect_fused) {
+  const int64_t H_in = 19, N = 3;
+  const int64_t widths[2] = {13, 6}, max_ranks[2] = {R0, R1}, H_out = 19;
   std::vector<int32_t> idx(T_);
   for (int64_t t = 0; t < T_; ++t) idx[t] = static_cast<int32_t>((t * 7) % (N + 1)) - 1;  // -1 .. 2, unsorted
   TokenMap map;
   map.num_tokens = T_;
   map.indices = IndexVec{idx.data(), false, true};
-  std::vector<int32_t> ranks[2] = {{5, 0, 3}, {2, 1, 2}};
+  std::vector<int32_t> ranks[2] = {{static_cast<int32_t>(R0), 0, static_cast<int32_t>(R0 / 2)},
+                                   {static_cast<int32_t>(R1), 1, static_cast<int32_t>(R1)}};
   uint32_t state = 12345;
   auto rnd = [&]() { return static_cast<float>((state = state * 1664525u + 1013904223u) >> 8) / 16777216.0f - 0.5f; };
   std::vector<float> x(T_ * H_in), y0(T_ * H_out), a[2], b[2], scaling[2];
@@ -191,12 +193,15 @@ void test_slices() {
     offset += widths[i];
   }
   cpu::Plan plan;
-  const std::string error = cpu::build_plan(map, N, 4, &plan);
+  const std::string error = cpu::build_plan(map, N, group_tokens, &plan);
   EXPECT(error.empty(), "build_plan: %s", error.c_str());
-  const std::vector<int64_t> so = cpu::shrink_slice_offsets(sp, 2, plan), eo = cpu::expand_slice_offsets(ep, 2, plan);
-  EXPECT(so.size() == 3 && so[0] == 0 && so[1] > 0 && so[2] > so[1], "shrink offsets");
-  for (int64_t u = 0; u < so.back(); u += 3) cpu::shrink_slices(sp, so, plan, u, std::min<int64_t>(u + 3, so.back()));
-  for (int64_t u = 0; u < eo.back(); u += 5) cpu::expand_slices(ep, eo, plan, u, std::min<int64_t>(u + 5, eo.back()));
+  const cpu::SliceUnits su = cpu::shrink_slice_units(sp, 2, plan, allow_fused);
+  const cpu::SliceUnits eu = cpu::expand_slice_units(ep, 2, plan);
+  EXPECT(su.fused == expect_fused, "T=%lld R=%lld,%lld: fused shrink %d, expected %d", (long long)T_, (long long)R0,
+         (long long)R1, su.fused, expect_fused);
+  EXPECT(eu.offsets.size() == 3 && eu.offsets[1] > 0 && eu.total > eu.offsets[1], "expand offsets");
+  for (int64_t u = 0; u < su.total; u += 3) cpu::shrink_slices(sp, su, plan, u, std::min<int64_t>(u + 3, su.total));
+  for (int64_t u = 0; u < eu.total; u += 5) cpu::expand_slices(ep, eu, plan, u, std::min<int64_t>(u + 5, eu.total));
   for (int i = 0; i < 2; ++i) {
     ShrinkParams each = sp[i];
     each.v = v_each[i].data();
@@ -211,7 +216,10 @@ void test_slices() {
 int main() {
   test_conversions();
   test_plan_errors();
-  test_slices();
+  test_slices(23, 5, 2, 4, true, false);     // rank 5 splits into row blocks: units per slice
+  test_slices(23, 4, 3, 4, true, true);      // whole ranks per unit: one unit per item, dot products
+  test_slices(23, 4, 3, 4, false, false);
+  test_slices(300, 20, 6, 64, true, true);   // items of >= 16 tokens: the packed shrink, rows of both
   for (bool seg : {false, true}) {
     check_add_lora<float>(DType::kFloat32, seg, 29, 67, 45, 4, 8, 1e-5, 1);
     check_add_lora<double>(DType::kFloat64, seg, 17, 4097, 3, 3, 5, 1e-12, 2);
