@@ -204,12 +204,24 @@ def add_lora_slices(
         ...                    ranks=[q.ranks, k.ranks, v.ranks])   # q, k, v: one LoRAPool each
     """
     _ops.add_lora_slices(
-        y, x, list(lora_a), list(lora_b), list(scaling), indices,
+        y, x, _slice_list("lora_a", lora_a), _slice_list("lora_b", lora_b), _slice_list("scaling", scaling), indices,
         seg_indptr=seg_indptr, seg_adapter=seg_adapter,
-        ranks=None if ranks is None else list(ranks),
-        lora_bias=None if lora_bias is None else list(lora_bias),
+        ranks=None if ranks is None else _slice_list("ranks", ranks),
+        lora_bias=None if lora_bias is None else _slice_list("lora_bias", lora_bias),
     )
     return y
+
+
+def _slice_list(name: str, value) -> list[Tensor]:
+    """A per-slice argument of add_lora_slices as a list of tensors; a lone tensor is refused
+    (iterating it would silently split its first dimension into slices)."""
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"add_lora_slices: {name} must be a list of tensors (one per slice), "
+                        f"got {type(value).__name__}.")
+    for i, item in enumerate(value):
+        if not isinstance(item, Tensor):
+            raise TypeError(f"add_lora_slices: {name}[{i}] must be a Tensor, got {type(item).__name__}.")
+    return list(value)
 
 
 # Fake implementations: shapes and dtypes only, for torch.compile / FakeTensor tracing.

@@ -78,8 +78,8 @@ def test_slices_differ_in_scale_and_rank():
     b_k = torch.tensor([[[2.0], [-1.0]]], dtype=torch.float64)  # [1, 2, 1]
     y = torch.zeros(1, 3, dtype=torch.float64)
     ranks = [torch.tensor([1]), torch.tensor([1])]
-    lk.add_lora_slices(y, x, [a_q, a_k], [b_q, b_k], [torch.tensor([0.5]), torch.tensor([3.0])], torch.tensor([0]),
-                       ranks=ranks)
+    lk.add_lora_slices(y, x, (a_q, a_k), (b_q, b_k), (torch.tensor([0.5]), torch.tensor([3.0])), torch.tensor([0]),
+                       ranks=ranks)  # tuples work as lists
     assert y.tolist() == [[0.5 * 1.0, 3.0 * 3.0 * 2.0, 3.0 * 3.0 * -1.0]]
 
 

@@ -117,6 +117,21 @@ def test_bad_argument(case, name):
     expect_error(case, message, **make(case))
 
 
+def test_lone_tensor_for_a_list_is_refused(case):
+    y_before = case.y.clone()
+    with pytest.raises(TypeError, match=r"add_lora_slices: lora_a must be a list of tensors \(one per slice\), "
+                                        r"got Tensor\."):
+        call(case, lora_a=case.lora_a[0])
+    assert torch.equal(case.y, y_before)
+
+
+def test_none_inside_a_list_is_refused(case):
+    y_before = case.y.clone()
+    with pytest.raises(TypeError, match=r"add_lora_slices: ranks\[1\] must be a Tensor, got NoneType\."):
+        call(case, ranks=[case.ranks[0], None, case.ranks[2]])
+    assert torch.equal(case.y, y_before)
+
+
 def test_a_later_slice_error_writes_no_earlier_slice(case):
     """Every slice is checked before any slice runs: a bad rank in the last slice leaves y as it was."""
     expect_error(case, r"add_lora_slices \(slice 2\): ranks\[0\] = 9 is out of range",
