@@ -76,6 +76,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=21)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--only", default="", help="run the workloads whose name contains this")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -83,6 +84,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.dtype}, median of {args.runs}")
     print(f"{'workload':40s} {'per-slice add_lora':>19s} {'add_lora_slices':>16s} {'speedup':>8s}")
     for name, shape in (QUICK if args.quick else FULL).items():
+        if args.only not in name:
+            continue
         x, y0, lora_a, lora_b, scaling, indices, where = workload(*shape, dtype)
         candidates = {
             "per_slice": lambda y: per_slice(y, x, lora_a, lora_b, scaling, indices, where),
