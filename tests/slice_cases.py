@@ -140,9 +140,11 @@ def untouched_slice_entries(case: SliceCase, segments: bool) -> torch.Tensor:
     return torch.cat(masks, dim=1) if masks else torch.zeros(len(slots), 0, dtype=torch.bool)
 
 
-def check_add_lora_slices(device: str, dtype: torch.dtype, segments: bool, **case_kw) -> float:
-    """add_lora_slices against the float64 reference, bit-for-bit against add_lora on each
-    column slice, rows without an adapter (per slice) and y's surroundings untouched."""
+def check_add_lora_slices(device: str, dtype: torch.dtype, segments: bool, exact_per_slice: bool = True,
+                          **case_kw) -> float:
+    """add_lora_slices against the float64 reference, against add_lora on each column slice
+    (bit-for-bit with `exact_per_slice`, else within the tolerance), rows without an adapter
+    (per slice) and y's surroundings untouched."""
     case = make_slice_case(dtype=dtype, device=device, **case_kw)
     buffer_in = case.y_buffer.clone()
     y_in = case.y.clone()
@@ -168,7 +170,10 @@ def check_add_lora_slices(device: str, dtype: torch.dtype, segments: bool, **cas
     keep = untouched_slice_entries(case, segments)
     assert torch.equal(case.y.cpu()[keep], y_in.cpu()[keep]), "entries without an adapter were modified"
     assert not torch.isnan(case.y).any()
-    assert torch.equal(case.y_buffer, per_slice_buffer), "differs from add_lora on each column slice"
+    if exact_per_slice:
+        assert torch.equal(case.y_buffer, per_slice_buffer), "differs from add_lora on each column slice"
+    else:
+        assert update_error(y_in, y_per_slice, d_ref) < TOLERANCE[dtype]
     if case.y is not case.y_buffer:  # columns around the view are untouched
         assert torch.equal(case.y_buffer[:, :2], buffer_in[:, :2])
         assert torch.equal(case.y_buffer[:, 2 + case.y.shape[1] :], buffer_in[:, 2 + case.y.shape[1] :])

@@ -2,7 +2,8 @@
 graphs, streams, debug checks (DESIGN §6). Skipped without a CUDA device or build (conftest.py).
 
 This build's CUDA add_lora_slices calls the add_lora launchers once per slice on column views,
-so it is bit-for-bit add_lora on each slice; these tests keep holding once it is one launch.
+so it is bit-for-bit add_lora on each slice, and EXACT says so; a one-launch kernel that sums in
+another order sets EXACT = False (then add_lora per slice is compared within the tolerance).
 """
 
 import pytest
@@ -19,6 +20,7 @@ SHAPES = {  # T, H_in, widths (H_out_i), N, max ranks (R_i)
     "slice-R=0": (11, 24, (10, 6, 8), 3, (4, 0, 3)),
     "T=0": (0, 32, (16, 8), 3, (4, 2)),
 }
+EXACT = True
 
 
 @pytest.mark.parametrize("segments", [False, True], ids=["bgmv", "sgmv"])
@@ -26,15 +28,15 @@ SHAPES = {  # T, H_in, widths (H_out_i), N, max ranks (R_i)
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
 def test_add_lora_slices(shape, dtype, segments):
     T, H_in, widths, N, max_ranks = shape
-    check_add_lora_slices("cuda", dtype, segments, T=T, H_in=H_in, widths=widths, N=N, max_ranks=max_ranks,
-                          seed=sum(widths) + T)
+    check_add_lora_slices("cuda", dtype, segments, EXACT, T=T, H_in=H_in, widths=widths, N=N,
+                          max_ranks=max_ranks, seed=sum(widths) + T)
 
 
 @pytest.mark.parametrize("segments", [False, True], ids=["bgmv", "sgmv"])
 def test_strided_unaligned(segments):
     for dtype in DTYPES:
-        check_add_lora_slices("cuda", dtype, segments, T=33, H_in=72, widths=(40, 8, 8), N=4, max_ranks=(8, 4, 4),
-                              strided=True, index_dtype=torch.int64, num_segments=7)
+        check_add_lora_slices("cuda", dtype, segments, EXACT, T=33, H_in=72, widths=(40, 8, 8), N=4,
+                              max_ranks=(8, 4, 4), strided=True, index_dtype=torch.int64, num_segments=7)
 
 
 def _case():
