@@ -165,6 +165,16 @@ class _State:
         self.max_adapters = 0
         self.active: str | None = None  # the adapter of every row when no adapter_names is given
 
+    def __getstate__(self) -> dict[str, Any]:  # copy.deepcopy / torch.save of the model
+        state = dict(self.__dict__)
+        del state["lock"]
+        state["pins"], state["in_flight"] = Counter(), 0  # a copy runs no forward
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.lock = threading.RLock()
+
     def occupied(self) -> dict[int, PeftAdapter]:
         """Slot -> adapter, for every slot the pools must hold: loaded and retired adapters."""
         out = {s: self.adapters[n] for n, s in self.slots.items()}
@@ -432,6 +442,10 @@ class MultiLoRAModel(nn.Module):
     - adapter changes concurrently with each other: serialized by one lock.
     - not while forwards run: ``unload`` (refused while one is in flight), ``.to()`` /
       ``.cuda()`` / ``.half()`` and changes to the base model's own weights.
+
+    The layers find their call's rows through a context variable: modules run by the calling
+    thread see them; a wrapper that runs the modules on threads of its own (such as
+    ``torch.nn.DataParallel``) is not supported.
 
     On CUDA a freed slot is zeroed after ``torch.cuda.synchronize``, so kernels queued by earlier
     forwards on any stream are done; a pool replaced when it grows is freed through torch's

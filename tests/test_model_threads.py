@@ -306,3 +306,22 @@ def test_add_remove_cycles_against_running_forwards(ads):
         e_one, e_two = row_errors(out[[0, 3]], ref_one[[0, 3]]), row_errors(out[[0, 3]], ref_two[[0, 3]])
         assert max(e_one) <= 1e-10 or max(e_two) <= 1e-10, f"result {k}: B rows match neither B ({e_one}, {e_two})"
     _assert_pools_hold_exactly_the_loaded_adapters(model)
+
+
+def test_copies_of_the_model_get_their_own_lock(ads):
+    """The registry lock is not copied: copy.deepcopy and torch.save / torch.load still work,
+    each copy with a lock of its own and no forward in flight."""
+    import copy
+    import io
+
+    model = MultiLoRAModel(F.tiny_llama(DT), {"A": ads["plain"], "B": ads["rs8"]})
+    ids, rows = F.input_ids(2, 4, seed=10), ["B", "A"]
+    ref = model(input_ids=ids, adapter_names=rows).logits
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    for copied in (copy.deepcopy(model), torch.load(buf, weights_only=False)):
+        assert copied._state.lock is not model._state.lock
+        assert torch.equal(copied(input_ids=ids, adapter_names=rows).logits, ref)
+        copied.remove_adapter("B")  # a copy runs no forward: the slot is freed at once
+        assert copied.adapter_names == ["A"] and model.adapter_names == ["A", "B"]
