@@ -157,29 +157,34 @@ def test_nested_forward_restores_the_outer_rows(ads):
 
 
 class Paused:
-    """Runs ``model(input_ids=ids, adapter_names=rows)`` in a thread that stops at the second
-    decoder layer (after the first has used every adapter) until released."""
+    """Runs ``call()`` (a forward or generate of ``model``) in a thread that stops before the
+    second decoder layer's ``nth`` call (the first layer has used every adapter by then) until
+    released."""
 
-    def __init__(self, model, ids, rows):
+    def __init__(self, model, call, nth=1):
         self.midway, self.go = threading.Event(), threading.Event()
         self.out: list = []
         self.errors: list[BaseException] = []
+        calls = []
 
-        def pause():
-            self.midway.set()
-            assert self.go.wait(WAIT)
+        def pause(module, args):
+            if threading.current_thread() is self.thread:
+                calls.append(1)
+                if len(calls) == nth:
+                    self.midway.set()
+                    assert self.go.wait(WAIT)
 
-        self.handle = model.base_model.model.layers[1].register_forward_pre_hook(once_per_thread(pause))
+        self.handle = model.base_model.model.layers[1].register_forward_pre_hook(pause)
 
         def body():
             try:
-                self.out.append(model(input_ids=ids, adapter_names=rows).logits)
+                self.out.append(call())
             except BaseException as e:
                 self.errors.append(e)
 
         self.thread = threading.Thread(target=body, daemon=True)
         self.thread.start()
-        assert self.midway.wait(WAIT), "the forward never reached the second layer"
+        assert self.midway.wait(WAIT), "the call never reached the second layer"
 
     def finish(self):
         self.go.set()
@@ -188,6 +193,10 @@ class Paused:
         assert not self.thread.is_alive()
         assert self.errors == []
         return self.out[0]
+
+
+def paused_forward(model, ids, rows):
+    return Paused(model, lambda: model(input_ids=ids, adapter_names=rows).logits)
 
 
 def _assert_pools_hold_exactly_the_loaded_adapters(model):
@@ -201,8 +210,8 @@ def _assert_pools_hold_exactly_the_loaded_adapters(model):
 
 def test_remove_and_readd_during_a_forward_keeps_the_old_adapter(ads):
     """While a forward that serves B is between two layers, another thread removes B, adds a
-    different adapter under the name B (the pools gain a bias), and adds C (new modules, a higher
-    rank: every pool is rebuilt). The forward ends with the old B on its B rows, exactly as if
+    different adapter under the name B (more slots and a bias: every pool is rebuilt), and adds C
+    (new modules, a higher rank). The forward ends with the old B on its B rows, exactly as if
     nothing had happened; the next forward serves the new B; the old slot is freed once the
     forward that read it has ended."""
     model = MultiLoRAModel(F.tiny_llama(DT), {"A": ads["plain"], "B": ads["rs8"]})
@@ -211,10 +220,12 @@ def test_remove_and_readd_during_a_forward_keeps_the_old_adapter(ads):
     ref_old = model(input_ids=ids, adapter_names=rows).logits
     old_slot = model._state.slots["B"]
 
-    paused = Paused(model, ids, rows)
+    pools_before = {n: layer.pool for n, layer in model.lora_layers.items()}
+    paused = paused_forward(model, ids, rows)
     model.remove_adapter("B")
     model.add_adapter("B", ads["bias"])
     model.add_adapter("C", ads["patterns"])
+    assert all(model.lora_layers[n].pool is not p for n, p in pools_before.items())  # all rebuilt
     out = paused.finish()
     assert_same_rows(out, ref_old, "the forward in flight during remove / re-add")
     assert torch.equal(out[2], ref_old[2])  # the base row stays bit-exact
@@ -230,6 +241,24 @@ def test_remove_and_readd_during_a_forward_keeps_the_old_adapter(ads):
     assert model._state.slots["D"] == old_slot  # reused once nothing reads it
 
 
+def test_generate_keeps_its_adapters_for_every_step(ads):
+    """A generate is many forwards: an adapter removed and re-added between two of its decode
+    steps still serves that generate's rows at every later step (same scores, same tokens)."""
+    model = MultiLoRAModel(F.tiny_llama(DT), {"A": ads["plain"], "B": ads["rs8"]})
+    rows = ["B", "A", "B"]
+    ids = F.input_ids(len(rows), 4, seed=11)
+    kw = dict(max_new_tokens=5, do_sample=False, pad_token_id=0, output_logits=True, return_dict_in_generate=True)
+    ref = model.generate(input_ids=ids, adapter_names=rows, **kw)
+    paused = Paused(model, lambda: model.generate(input_ids=ids, adapter_names=rows, **kw), nth=3)
+    model.remove_adapter("B")
+    model.add_adapter("B", ads["bias"])
+    out = paused.finish()
+    assert len(out.logits) == len(ref.logits) == 5
+    for step, (got, want) in enumerate(zip(out.logits, ref.logits)):
+        assert_same_rows(got, want, f"decode step {step}")
+    assert torch.equal(out.sequences, ref.sequences)
+
+
 def test_fixed_capacity_counts_slots_still_read_by_a_forward(ads):
     """With max_adapters fixed, the slot of an adapter removed during a forward stays taken (its
     weights are still being read) until that forward ends: adding is refused meanwhile."""
@@ -237,7 +266,7 @@ def test_fixed_capacity_counts_slots_still_read_by_a_forward(ads):
     rows = ["B", "A"]
     ids = F.input_ids(2, 4, seed=7)
     ref = model(input_ids=ids, adapter_names=rows).logits
-    paused = Paused(model, ids, rows)
+    paused = paused_forward(model, ids, rows)
     model.remove_adapter("B")
     try:
         with pytest.raises(
@@ -255,7 +284,7 @@ def test_fixed_capacity_counts_slots_still_read_by_a_forward(ads):
 def test_unload_is_refused_while_a_forward_is_in_flight(ads):
     model = MultiLoRAModel(F.tiny_llama(DT), {"A": ads["plain"]})
     ids = F.input_ids(2, 4, seed=8)
-    paused = Paused(model, ids, ["A", "__base__"])
+    paused = paused_forward(model, ids, ["A", "__base__"])
     try:
         with pytest.raises(RuntimeError, match=r"unload: 1 forward\(s\) are still running on this model"):
             model.unload()
