@@ -176,6 +176,16 @@ def test_removing_the_active_adapter_activates_the_first_remaining_name(dirs):
     assert model.active_adapter == "again"
 
 
+def test_inference_only_even_in_grad_mode(dirs):
+    """The docstring and README say so: outputs carry no autograd graph, whatever the grad mode."""
+    model = MultiLoRAModel(F.tiny_llama(torch.float32), {"plain": dirs["llama"]["plain"]})
+    assert any(p.requires_grad for p in model.base_model.parameters())
+    with torch.enable_grad():
+        out = model(input_ids=F.input_ids(2, 3), adapter_names=["plain", "__base__"]).logits
+    assert not out.requires_grad and out.grad_fn is None
+    assert "Inference only" in MultiLoRAModel.__doc__
+
+
 def test_set_adapter_refuses_an_unknown_name(dirs):
     model = MultiLoRAModel(F.tiny_llama(torch.float32), {"plain": dirs["llama"]["plain"]})
     with pytest.raises(ValueError, match=r"set_adapter: adapter_name must be a loaded adapter or '__base__', got 'nope'; loaded: \['plain'\]"):
