@@ -11,7 +11,7 @@ For every token ``t`` with slot ``a`` (``-1`` = no adapter) and rank ``r = ranks
 
 Rows of ``y`` whose slot is ``-1`` or whose rank is 0 are left bit-for-bit untouched; padding
 past ``r`` is never used. x, y, weights (and bias) share one dtype: float16, bfloat16, float32
-or float64. Inference only: no autograd.
+or float64. Inference only: under grad mode an argument that requires grad is refused by name.
 """
 
 from __future__ import annotations
@@ -156,9 +156,19 @@ def add_lora_embedding(
     return y
 
 
-# Fake implementations: shapes and dtypes only, for torch.compile / FakeTensor tracing.
+# Fake implementations, for torch.compile / FakeTensor tracing and for the Meta dispatch key: a
+# call with any tensor on the meta device lands here, not in C++, so the device rule is checked
+# here too, in the words C++ uses: every tensor argument on y's device (x's for the shrinks).
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _fake_check_devices(op: str, lead_name: str, lead: Tensor, **args: Tensor | None) -> None:
+    for name, t in args.items():
+        if t is not None and t.device != lead.device:
+            raise RuntimeError(
+                f"{op}: {name} must be on the same device as {lead_name} ({lead.device}), got {t.device}."
+            )
 
 
 def _fake_shrink_check(op: str, x: Tensor, lora_a: Tensor) -> None:
@@ -173,23 +183,34 @@ def _fake_shrink_check(op: str, x: Tensor, lora_a: Tensor) -> None:
 
 @torch.library.register_fake("lora_kernels::bgmv_shrink")
 def _bgmv_shrink_fake(x, lora_a, indices, ranks=None):
+    _fake_check_devices("bgmv_shrink", "x", x, lora_a=lora_a, indices=indices, ranks=ranks)
     _fake_shrink_check("bgmv_shrink", x, lora_a)
     return x.new_empty((x.shape[0], lora_a.shape[1]), dtype=_acc_dtype(x.dtype))
 
 
 @torch.library.register_fake("lora_kernels::sgmv_shrink")
 def _sgmv_shrink_fake(x, lora_a, seg_indptr, seg_adapter, ranks=None):
+    _fake_check_devices(
+        "sgmv_shrink", "x", x, lora_a=lora_a, seg_indptr=seg_indptr, seg_adapter=seg_adapter, ranks=ranks
+    )
     _fake_shrink_check("sgmv_shrink", x, lora_a)
     return x.new_empty((x.shape[0], lora_a.shape[1]), dtype=_acc_dtype(x.dtype))
 
 
 @torch.library.register_fake("lora_kernels::bgmv_expand")
 def _bgmv_expand_fake(y, v, lora_b, indices, scaling, ranks=None, lora_bias=None):
+    _fake_check_devices(
+        "bgmv_expand", "y", y, v=v, lora_b=lora_b, indices=indices, scaling=scaling, ranks=ranks, lora_bias=lora_bias
+    )
     return None
 
 
 @torch.library.register_fake("lora_kernels::sgmv_expand")
 def _sgmv_expand_fake(y, v, lora_b, seg_indptr, seg_adapter, scaling, ranks=None, lora_bias=None):
+    _fake_check_devices(
+        "sgmv_expand", "y", y, v=v, lora_b=lora_b, seg_indptr=seg_indptr, seg_adapter=seg_adapter,
+        scaling=scaling, ranks=ranks, lora_bias=lora_bias,
+    )
     return None
 
 
@@ -197,9 +218,17 @@ def _sgmv_expand_fake(y, v, lora_b, seg_indptr, seg_adapter, scaling, ranks=None
 def _add_lora_fake(
     y, x, lora_a, lora_b, scaling, indices=None, *, seg_indptr=None, seg_adapter=None, ranks=None, lora_bias=None
 ):
+    _fake_check_devices(
+        "add_lora", "y", y, x=x, lora_a=lora_a, lora_b=lora_b, scaling=scaling, indices=indices,
+        seg_indptr=seg_indptr, seg_adapter=seg_adapter, ranks=ranks, lora_bias=lora_bias,
+    )
     return None
 
 
 @torch.library.register_fake("lora_kernels::add_lora_embedding")
 def _add_lora_embedding_fake(y, token_ids, lora_a, lora_b, scaling, indices, ranks=None):
+    _fake_check_devices(
+        "add_lora_embedding", "y", y, token_ids=token_ids, lora_a=lora_a, lora_b=lora_b, scaling=scaling,
+        indices=indices, ranks=ranks,
+    )
     return None

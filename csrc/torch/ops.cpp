@@ -1,6 +1,12 @@
-// Op schemas (declared once) and the CPU registration.
+// Op schemas (declared once), the CPU registration, and the Autograd-key kernel that refuses
+// inputs requiring grad (the ops are inference-only).
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/stack.h>
+#include <c10/core/GradMode.h>
 #include <torch/library.h>
+
+#include <string>
 
 #include "../cpu/lora_cpu.h"
 #include "op_impl.h"
@@ -44,6 +50,28 @@ struct CpuBackend {
   }
 };
 
+// Autograd key, every op: under grad mode, an argument that requires grad is refused by name
+// (the ops have no derivative: without this, torch's fallback returns results that fail only
+// later, in backward, with a message about something else). Otherwise the call goes on to the
+// backend kernel, as torch's own fallback would send it.
+void inference_only(const c10::OperatorHandle& op, c10::DispatchKeySet keys, torch::jit::Stack* stack) {
+  if (c10::GradMode::is_enabled()) {
+    const auto& args = op.schema().arguments();
+    const size_t first = stack->size() - args.size();
+    for (size_t i = 0; i < args.size(); ++i) {
+      const c10::IValue& value = (*stack)[first + i];
+      if (!value.isTensor() || !value.toTensor().requires_grad()) continue;
+      std::string name = op.schema().name();
+      name = name.substr(name.find("::") + 2);
+      TORCH_CHECK(false, name, ": ", args[i].name(),
+                  " requires grad, but the lora_kernels ops are inference-only (no autograd); call them under "
+                  "torch.no_grad() or torch.inference_mode(), or pass ",
+                  args[i].name(), ".detach().");
+    }
+  }
+  op.redispatchBoxed(keys & c10::after_autograd_keyset, stack);
+}
+
 }  // namespace
 }  // namespace lora_kernels::binding
 
@@ -66,4 +94,10 @@ TORCH_LIBRARY(lora_kernels, m) {
 
 TORCH_LIBRARY_IMPL(lora_kernels, CPU, m) {
   lora_kernels::binding::register_ops<lora_kernels::binding::CpuBackend>(m);
+}
+
+TORCH_LIBRARY_IMPL(lora_kernels, Autograd, m) {
+  for (const char* name :
+       {"bgmv_shrink", "sgmv_shrink", "bgmv_expand", "sgmv_expand", "add_lora", "add_lora_embedding"})
+    m.impl(name, torch::CppFunction::makeFromBoxedFunction<&lora_kernels::binding::inference_only>());
 }
