@@ -16,20 +16,45 @@ def case():
     return make_case(T=6, H_in=8, H_out=5, N=3, R=4)
 
 
-def add(case, **over):
+def add(case, meta=False, **over):
+    """add_lora on the case with some arguments replaced; with meta, every tensor on the meta
+    device, so the fake impl (what torch.compile traces) runs instead of C++."""
     args = dict(y=case.y, x=case.x, lora_a=case.lora_a, lora_b=case.lora_b, scaling=case.scaling,
                 indices=case.indices, ranks=case.ranks, lora_bias=case.lora_bias)
     args.update(over)
+    if meta:
+        args = {k: on_meta(v) for k, v in args.items()}
     indices = args.pop("indices")
     return lk.add_lora(args.pop("y"), args.pop("x"), args.pop("lora_a"), args.pop("lora_b"), args.pop("scaling"),
                        indices, **args)
 
 
-def expect_error(case, message, **over):
+def on_meta(value):
+    """A tensor's meta twin, strides kept (.to("meta") makes a non-dense view contiguous)."""
+    if not isinstance(value, torch.Tensor):
+        return value
+    return torch.empty_strided(value.shape, value.stride(), dtype=value.dtype, device="meta")
+
+
+def raises_everywhere(message, fn, *args, values=False, **kwargs):
+    """fn(*args, **kwargs) raises `message` from the C++ checks and, with every tensor moved to the
+    meta device, from the fake impl (what torch.compile traces), unless it is about index values
+    (only the kernels' hosts see those)."""
+    with pytest.raises(RuntimeError, match=message):
+        fn(*args, **kwargs)
+    if not values:
+        with pytest.raises(RuntimeError, match=message):
+            fn(*map(on_meta, args), **{k: on_meta(v) for k, v in kwargs.items()})
+
+
+def expect_error(case, message, values=False, **over):
     y_before = case.y.clone()
     with pytest.raises(RuntimeError, match=message):
         add(case, **over)
     assert torch.equal(case.y, y_before), "y was written before the error"
+    if not values:  # index values are seen by the kernels' hosts only
+        with pytest.raises(RuntimeError, match=message):
+            add(case, meta=True, **over)
 
 
 BAD_ARGUMENTS = {
@@ -70,10 +95,13 @@ BAD_ARGUMENTS = {
 }
 
 
+VALUE_ERRORS = {"indices-value", "indices-negative", "ranks-value", "first", "last", "decreasing", "adapter"}
+
+
 @pytest.mark.parametrize("name", BAD_ARGUMENTS)
 def test_bad_argument(case, name):
     make, message = BAD_ARGUMENTS[name]
-    expect_error(case, message, **make(case))
+    expect_error(case, message, values=name in VALUE_ERRORS, **make(case))
 
 
 SEGMENT_ERRORS = {
@@ -106,31 +134,23 @@ def test_bad_segments(case, name):
         over["seg_indptr"] = torch.tensor([0, 6])
     if name == "adapter-only":
         over["seg_adapter"] = torch.tensor([0])
-    expect_error(case, message, **over)
+    expect_error(case, message, values=name in VALUE_ERRORS, **over)
 
 
 def test_expand_v_checks(case):
     v = lk.bgmv_shrink(case.x, case.lora_a, case.indices)
     args = (case.lora_b, case.indices, case.scaling)
-    with pytest.raises(RuntimeError, match=r"bgmv_expand: v must be Float \(the accumulator dtype for y's Float\), got Double"):
-        lk.bgmv_expand(case.y, v.double(), *args)
-    with pytest.raises(RuntimeError, match=r"bgmv_expand: v must have shape \[T, R\] with T = 6 \(from y\), got shape \[5, 4\]"):
-        lk.bgmv_expand(case.y, v[:5], *args)
-    with pytest.raises(RuntimeError, match=r"bgmv_expand: v must have shape \[T, R\] with R = 4 \(from lora_b\), got shape \[6, 3\]"):
-        lk.bgmv_expand(case.y, v[:, :3], *args)
-    with pytest.raises(RuntimeError, match=r"bgmv_expand: y must be 2-D \[T, H_out\], got 1-D"):
-        lk.bgmv_expand(case.y[0], v, *args)
-    with pytest.raises(RuntimeError, match=r"bgmv_expand: lora_b must be 3-D \[N, H_out, R\], got 2-D"):
-        lk.bgmv_expand(case.y, v, case.lora_b[0], case.indices, case.scaling)
-    with pytest.raises(RuntimeError, match=r"lora_b must be contiguous"):
-        lk.bgmv_expand(case.y, v, case.lora_b.transpose(1, 2).contiguous().transpose(1, 2), case.indices, case.scaling)
+    raises_everywhere(r"bgmv_expand: v must be Float \(the accumulator dtype for y's Float\), got Double", lk.bgmv_expand, case.y, v.double(), *args)
+    raises_everywhere(r"bgmv_expand: v must have shape \[T, R\] with T = 6 \(from y\), got shape \[5, 4\]", lk.bgmv_expand, case.y, v[:5], *args)
+    raises_everywhere(r"bgmv_expand: v must have shape \[T, R\] with R = 4 \(from lora_b\), got shape \[6, 3\]", lk.bgmv_expand, case.y, v[:, :3], *args)
+    raises_everywhere(r"bgmv_expand: y must be 2-D \[T, H_out\], got 1-D", lk.bgmv_expand, case.y[0], v, *args)
+    raises_everywhere(r"bgmv_expand: lora_b must be 3-D \[N, H_out, R\], got 2-D", lk.bgmv_expand, case.y, v, case.lora_b[0], case.indices, case.scaling)
+    raises_everywhere(r"lora_b must be contiguous", lk.bgmv_expand, case.y, v, case.lora_b.transpose(1, 2).contiguous().transpose(1, 2), case.indices, case.scaling)
 
 
 def test_shrink_checks(case):
-    with pytest.raises(RuntimeError, match=r"sgmv_shrink: lora_a must be 3-D \[N, R, H_in\], got 2-D"):
-        lk.sgmv_shrink(case.x, case.lora_a[0], case.seg_indptr, case.seg_adapter)
-    with pytest.raises(RuntimeError, match=r"bgmv_shrink: indices must be contiguous"):
-        lk.bgmv_shrink(case.x, case.lora_a, torch.zeros(12, dtype=torch.int32)[::2])
+    raises_everywhere(r"sgmv_shrink: lora_a must be 3-D \[N, R, H_in\], got 2-D", lk.sgmv_shrink, case.x, case.lora_a[0], case.seg_indptr, case.seg_adapter)
+    raises_everywhere(r"bgmv_shrink: indices must be contiguous", lk.bgmv_shrink, case.x, case.lora_a, torch.zeros(12, dtype=torch.int32)[::2])
 
 
 def test_embedding_checks():
@@ -138,15 +158,33 @@ def test_embedding_checks():
     lora_a, lora_b = torch.randn(2, 3, 10), torch.randn(2, 6, 3)
     scaling, indices = torch.ones(2), torch.tensor([0, 1, -1, 0])
     y_before = y.clone()
-    with pytest.raises(RuntimeError, match=r"add_lora_embedding: token_ids\[2\] = 10 is out of range; expected 0 <= token_ids\[t\] < vocab = 10"):
-        lk.add_lora_embedding(y, torch.tensor([0, 1, 10, 3]), lora_a, lora_b, scaling, indices)
-    with pytest.raises(RuntimeError, match=r"add_lora_embedding: token_ids must be int32 or int64, got Float"):
-        lk.add_lora_embedding(y, torch.zeros(4), lora_a, lora_b, scaling, indices)
-    with pytest.raises(RuntimeError, match=r"add_lora_embedding: lora_b must have shape \[N, dim, R\] with N = 2 and R = 3"):
-        lk.add_lora_embedding(y, torch.zeros(4, dtype=torch.long), lora_a, torch.randn(2, 6, 4), scaling, indices)
-    with pytest.raises(RuntimeError, match=r"add_lora_embedding: lora_b must have shape \[N, H_out, R\] with H_out = 6 \(from y\)"):
-        lk.add_lora_embedding(y, torch.zeros(4, dtype=torch.long), lora_a, torch.randn(2, 7, 3), scaling, indices)
+    raises_everywhere(r"add_lora_embedding: token_ids\[2\] = 10 is out of range; expected 0 <= token_ids\[t\] < vocab = 10", lk.add_lora_embedding, y, torch.tensor([0, 1, 10, 3]), lora_a, lora_b, scaling, indices, values=True)
+    raises_everywhere(r"add_lora_embedding: token_ids must be int32 or int64, got Float", lk.add_lora_embedding, y, torch.zeros(4), lora_a, lora_b, scaling, indices)
+    raises_everywhere(r"add_lora_embedding: lora_b must have shape \[N, dim, R\] with N = 2 and R = 3", lk.add_lora_embedding, y, torch.zeros(4, dtype=torch.long), lora_a, torch.randn(2, 6, 4), scaling, indices)
+    raises_everywhere(r"add_lora_embedding: lora_b must have shape \[N, H_out, R\] with H_out = 6 \(from y\)", lk.add_lora_embedding, y, torch.zeros(4, dtype=torch.long), lora_a, torch.randn(2, 7, 3), scaling, indices)
     assert torch.equal(y, y_before)
+
+
+def test_compile_reports_a_bad_call_at_trace_time(case):
+    """The fake impls check what C++ checks, so torch.compile refuses a bad call while tracing,
+    before any backend compiles anything (it used to trace fine and fail at the first run)."""
+    compiled_graphs = []
+
+    def backend(gm, example_inputs):
+        compiled_graphs.append(gm)
+        return gm
+
+    def layer(y, x, lora_b):
+        return lk.add_lora(y, x, case.lora_a, lora_b, case.scaling, case.indices)
+
+    compiled = torch.compile(layer, fullgraph=True, backend=backend)
+    y = case.y.clone()
+    with pytest.raises(Exception, match=r"add_lora: lora_b must have shape \[N, H_out, R\] with N = 3 and R = 4 "
+                                        r"\(from lora_a\), got shape \[2, 5, 4\]\."):
+        compiled(y, case.x, case.lora_b[:2].contiguous())
+    assert compiled_graphs == [] and torch.equal(y, case.y)
+    compiled(y, case.x, case.lora_b)  # a good call compiles and runs
+    assert len(compiled_graphs) == 1
 
 
 # --- rules over every tensor argument of every op -------------------------------------------
