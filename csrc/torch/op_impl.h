@@ -1,5 +1,7 @@
 // The ops, written once over a backend (CPU or CUDA): check every argument and index value
-// first, then run. Nothing is written to y unless every check passed.
+// first, then run. Nothing is written to y unless every check passed. A backend provides
+// make_plan (the CPU groups tokens by slot once per call; shrink and expand share it) and
+// shrink / expand / embedding_shrink over that plan.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -42,7 +44,7 @@ Tensor shrink_op(const char* op, const Tensor& x, const Tensor& lora_a, const Op
   Tensor v;
   const ShrinkParams p = prepare_shrink(op, x, lora_a, map, ranks, &v);
   check_index_values<Backend>(op, map, indices, seg_indptr, seg_adapter, ranks, p.num_slots, p.max_rank);
-  Backend::shrink(p);
+  Backend::shrink(p, Backend::make_plan(map, p.num_slots));
   return v;
 }
 
@@ -63,7 +65,7 @@ void expand_op(const char* op, const Tensor& y, const Tensor& v, const Tensor& l
                     arg("seg_adapter", seg_adapter), arg("scaling", scaling), arg("ranks", ranks),
                     arg("lora_bias", lora_bias)});
   check_index_values<Backend>(op, map, indices, seg_indptr, seg_adapter, ranks, p.num_slots, p.max_rank);
-  Backend::expand(p);
+  Backend::expand(p, Backend::make_plan(map, p.num_slots));
 }
 
 template <typename Backend>
@@ -91,8 +93,9 @@ void add_lora_op(const Tensor& y, const Tensor& x, const Tensor& lora_a, const T
                     arg("indices", indices), arg("seg_indptr", seg_indptr), arg("seg_adapter", seg_adapter),
                     arg("ranks", ranks), arg("lora_bias", lora_bias)});
   check_index_values<Backend>(op, map, indices, seg_indptr, seg_adapter, ranks, sp.num_slots, sp.max_rank);
-  Backend::shrink(sp);
-  Backend::expand(ep);
+  const auto plan = Backend::make_plan(map, sp.num_slots);
+  Backend::shrink(sp, plan);
+  Backend::expand(ep, plan);
 }
 
 template <typename Backend>
@@ -113,8 +116,9 @@ void add_lora_embedding_op(const Tensor& y, const Tensor& token_ids, const Tenso
                     arg("indices", indices), arg("ranks", ranks)});
   check_index_values<Backend>(op, map, indices, std::nullopt, std::nullopt, ranks, sp.num_slots, sp.max_rank,
                               token_ids, sp.vocab);
-  Backend::embedding_shrink(sp);
-  Backend::expand(ep);
+  const auto plan = Backend::make_plan(map, sp.num_slots);
+  Backend::embedding_shrink(sp, plan);
+  Backend::expand(ep, plan);
 }
 
 // Registers the six ops for one dispatch key.

@@ -14,37 +14,32 @@
 namespace lora_kernels::binding {
 namespace {
 
-// Tokens per work item sharing one pass over an adapter's weights: large items amortize the
-// shrink's packing of A (packed kernel) and the expand's transpose of B. (Smaller shrink items
-// for batches of few adapters, to use the packed kernel there too, measured slower: 16-token
-// items took decode of 64 tokens over one adapter from ~230 to ~310 us.)
-constexpr int64_t kShrinkGroupTokens = 128;
-constexpr int64_t kExpandGroupTokens = 128;
-
-cpu::Plan plan_for(const TokenMap& map, int64_t num_slots, int64_t group_tokens) {
-  cpu::Plan plan;
-  const std::string error = cpu::build_plan(map, num_slots, group_tokens, &plan);
-  TORCH_CHECK(error.empty(), error);  // values were checked before; kept as a guard
-  return plan;
-}
+// Tokens per work item sharing one pass over an adapter's weights, in the shrink and the expand
+// alike (one plan serves both): large items amortize the shrink's packing of A (packed kernel)
+// and the expand's transpose of B. (Smaller shrink items for batches of few adapters, to use the
+// packed kernel there too, measured slower: 16-token items took decode of 64 tokens over one
+// adapter from ~230 to ~310 us.)
+constexpr int64_t kGroupTokens = 128;
 
 struct CpuBackend {
   static constexpr bool kAlwaysCheckValues = true;  // index values are on the host already
   struct Guard {
     explicit Guard(const at::Device&) {}
   };
-  static void shrink(const ShrinkParams& p) {
-    const cpu::Plan plan = plan_for(p.map, p.num_slots, kShrinkGroupTokens);
+  using Plan = cpu::Plan;
+  // Index values were checked (check_values) before any plan is made.
+  static Plan make_plan(const TokenMap& map, int64_t num_slots) {
+    return cpu::build_plan(map, num_slots, kGroupTokens);
+  }
+  static void shrink(const ShrinkParams& p, const Plan& plan) {
     const int64_t units = static_cast<int64_t>(plan.items.size()) * cpu::shrink_column_blocks(p, plan);
     at::parallel_for(0, units, 1, [&](int64_t b, int64_t e) { cpu::shrink(p, plan, b, e); });
   }
-  static void expand(const ExpandParams& p) {
-    const cpu::Plan plan = plan_for(p.map, p.num_slots, kExpandGroupTokens);
+  static void expand(const ExpandParams& p, const Plan& plan) {
     const int64_t units = static_cast<int64_t>(plan.items.size()) * cpu::expand_column_blocks(p);
     at::parallel_for(0, units, 1, [&](int64_t b, int64_t e) { cpu::expand(p, plan, b, e); });
   }
-  static void embedding_shrink(const EmbeddingShrinkParams& p) {
-    const cpu::Plan plan = plan_for(p.map, p.num_slots, kExpandGroupTokens);
+  static void embedding_shrink(const EmbeddingShrinkParams& p, const Plan& plan) {
     const int64_t items = static_cast<int64_t>(plan.items.size());
     at::parallel_for(0, items, 1, [&](int64_t b, int64_t e) { cpu::embedding_shrink(p, plan, b, e); });
   }

@@ -9,7 +9,7 @@
 #include <string>
 #include <utility>
 
-#include "../cpu/lora_cpu.h"
+#include "lora_kernels/checks.h"
 
 namespace lora_kernels::binding {
 namespace {
@@ -186,13 +186,12 @@ void check_values(const char* op, const TokenMap& map, const OptTensor& indices,
   hmap.indices = host_vec(h_indices);
   hmap.seg_indptr = host_vec(h_indptr);
   hmap.seg_adapter = host_vec(h_adapter);
-  cpu::Plan plan;
-  std::string error = cpu::build_plan(hmap, num_slots, map.num_tokens, &plan);
+  std::string error = check_token_map(hmap, num_slots);
   TORCH_CHECK(error.empty(), op, ": ", error);
-  error = cpu::check_ranks(host_vec(h_ranks), num_slots, max_rank);
+  error = check_ranks(host_vec(h_ranks), num_slots, max_rank);
   TORCH_CHECK(error.empty(), op, ": ", error);
   if (h_tokens.defined()) {
-    error = cpu::check_token_ids(host_vec(h_tokens), map.num_tokens, vocab);
+    error = check_token_ids(host_vec(h_tokens), map.num_tokens, vocab);
     TORCH_CHECK(error.empty(), op, ": ", error);
   }
 }
