@@ -334,6 +334,28 @@ def test_inputs_beside_y_in_one_tensor_are_fine():
         lk.bgmv_expand(fused[:, 3:8], fused[:, :4], case.lora_b, case.indices, case.scaling)
 
 
+def test_overlap_rule_is_exact():
+    """Random views of one buffer as y and v: refused exactly when they share an element."""
+    case = make_case(T=6, H_in=8, H_out=5, N=3, R=4)
+    gen = torch.Generator().manual_seed(0)
+    store = torch.randn(200)
+    refused = accepted = 0
+    for _ in range(300):
+        bounds = ((5, 13), (0, 60), (0, 13), (0, 60))  # y's row stride and offset, then v's
+        sy, oy, sv, ov = (int(torch.randint(lo, hi, (1,), generator=gen)) for lo, hi in bounds)
+        y, v = store.as_strided((6, 5), (sy, 1), oy), store.as_strided((6, 4), (sv, 1), ov)
+        shared = ({oy + t * sy + h for t in range(6) for h in range(5)}
+                  & {ov + t * sv + r for t in range(6) for r in range(4)})
+        if shared:
+            with pytest.raises(RuntimeError, match=r"bgmv_expand: v must not share memory with the output y"):
+                lk.bgmv_expand(y, v, case.lora_b, case.indices, case.scaling, case.ranks)
+            refused += 1
+        else:
+            lk.bgmv_expand(y, v, case.lora_b, case.indices, case.scaling, case.ranks)
+            accepted += 1
+    assert refused > 50 and accepted > 50
+
+
 def test_import_refuses_extension_built_for_another_torch():
     with pytest.raises(ImportError, match=re.escape("compiled against torch 2.13.0, but torch 2.14.1 is installed")) as err:
         check_torch_version("2.13.0", "2.14.1")

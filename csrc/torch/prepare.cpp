@@ -106,6 +106,9 @@ ByteRows byte_rows(const Tensor& t) {
 // only the first row of the other that ends after it begins can meet it.
 bool rows_meet(ByteRows a, ByteRows b) {
   if (a.count == 0 || b.count == 0) return false;
+  const int64_t a_end = a.start + (a.count - 1) * a.step + a.length;
+  const int64_t b_end = b.start + (b.count - 1) * b.step + b.length;
+  if (a_end <= b.start || b_end <= a.start) return false;  // apart (the usual case): no row loop
   if (a.count > b.count) std::swap(a, b);
   for (int64_t i = 0; i < a.count; ++i) {
     const int64_t begin = a.start + i * a.step, end = begin + a.length;
