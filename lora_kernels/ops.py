@@ -205,13 +205,15 @@ class _FakeChecks:
         return t.shape[0]
 
     def dim(self, name: str, t: Tensor, dim: int, layout: str) -> None:
-        self.require(t.dim() == dim, lambda: f"{name} must be {dim}-D {layout}, got {t.dim()}-D with shape {_shape(t)}.")
+        self.require(t.dim() == dim,
+                     lambda: f"{name} must be {dim}-D {layout}, got {t.dim()}-D with shape {_shape(t)}.")
 
     def size(self, name: str, t: Tensor, d: int, expected, layout: str, what: str) -> None:
         symbol, _, source = what.partition(" (")
         source = f" ({source}" if source else ""
         self.require(t.shape[d] == expected,
-                     lambda: f"{name} must have shape {layout} with {symbol} = {expected}{source}, got shape {_shape(t)}.")
+                     lambda: f"{name} must have shape {layout} with {symbol} = {expected}{source}, "
+                     f"got shape {_shape(t)}.")
 
     def same_dtype(self, name: str, t: Tensor, ref: Tensor, ref_name: str) -> None:
         self.require(t.dtype == ref.dtype,
@@ -230,7 +232,8 @@ class _FakeChecks:
                      lambda: f"{name} must be float16, bfloat16, float32 or float64, got {_dt(t.dtype)}.")
 
     def index_vec(self, name: str, t: Tensor, size, layout: str) -> None:
-        self.require(t.dtype in (torch.int32, torch.int64), lambda: f"{name} must be int32 or int64, got {_dt(t.dtype)}.")
+        self.require(t.dtype in (torch.int32, torch.int64),
+                     lambda: f"{name} must be int32 or int64, got {_dt(t.dtype)}.")
         self.dim(name, t, 1, layout)
         self.require(t.shape[0] == size, lambda: f"{name} must have shape {layout} = [{size}], got shape {_shape(t)}.")
         self.contiguous(name, t)
@@ -246,7 +249,8 @@ class _FakeChecks:
                    else "seg_adapter without seg_indptr." if seg_adapter is not None else "none of them.")
             _fail(f"{self.op}: pass either indices, or both seg_indptr and seg_adapter; got {got}")
         self.require(seg_adapter.dim() == 1,
-                     lambda: f"seg_adapter must be 1-D [S], got {seg_adapter.dim()}-D with shape {_shape(seg_adapter)}.")
+                     lambda: f"seg_adapter must be 1-D [S], got {seg_adapter.dim()}-D "
+                     f"with shape {_shape(seg_adapter)}.")
         S = seg_adapter.shape[0]
         self.index_vec("seg_adapter", seg_adapter, S, "[S]")
         self.index_vec("seg_indptr", seg_indptr, S + 1, "[S+1]")
@@ -281,7 +285,8 @@ class _FakeChecks:
         N, R, T = lora_b.shape[0], lora_b.shape[2], y.shape[0]
         if v is not None:
             acc = _acc_dtype(y.dtype)
-            self.require(v.dtype == acc, lambda: f"v must be {_dt(acc)} (the accumulator dtype for y's {_dt(y.dtype)}), "
+            self.require(v.dtype == acc,
+                         lambda: f"v must be {_dt(acc)} (the accumulator dtype for y's {_dt(y.dtype)}), "
                          f"got {_dt(v.dtype)}.")
             self.dim("v", v, 2, "[T, R]")
             self.size("v", v, 0, T, "[T, R]", "T (from y)")

@@ -140,28 +140,43 @@ def test_bad_segments(case, name):
 def test_expand_v_checks(case):
     v = lk.bgmv_shrink(case.x, case.lora_a, case.indices)
     args = (case.lora_b, case.indices, case.scaling)
-    raises_everywhere(r"bgmv_expand: v must be Float \(the accumulator dtype for y's Float\), got Double", lk.bgmv_expand, case.y, v.double(), *args)
-    raises_everywhere(r"bgmv_expand: v must have shape \[T, R\] with T = 6 \(from y\), got shape \[5, 4\]", lk.bgmv_expand, case.y, v[:5], *args)
-    raises_everywhere(r"bgmv_expand: v must have shape \[T, R\] with R = 4 \(from lora_b\), got shape \[6, 3\]", lk.bgmv_expand, case.y, v[:, :3], *args)
-    raises_everywhere(r"bgmv_expand: y must be 2-D \[T, H_out\], got 1-D", lk.bgmv_expand, case.y[0], v, *args)
-    raises_everywhere(r"bgmv_expand: lora_b must be 3-D \[N, H_out, R\], got 2-D", lk.bgmv_expand, case.y, v, case.lora_b[0], case.indices, case.scaling)
-    raises_everywhere(r"lora_b must be contiguous", lk.bgmv_expand, case.y, v, case.lora_b.transpose(1, 2).contiguous().transpose(1, 2), case.indices, case.scaling)
+    expand = lk.bgmv_expand
+    raises_everywhere(r"bgmv_expand: v must be Float \(the accumulator dtype for y's Float\), got Double",
+                      expand, case.y, v.double(), *args)
+    raises_everywhere(r"bgmv_expand: v must have shape \[T, R\] with T = 6 \(from y\), got shape \[5, 4\]",
+                      expand, case.y, v[:5], *args)
+    raises_everywhere(r"bgmv_expand: v must have shape \[T, R\] with R = 4 \(from lora_b\), got shape \[6, 3\]",
+                      expand, case.y, v[:, :3], *args)
+    raises_everywhere(r"bgmv_expand: y must be 2-D \[T, H_out\], got 1-D", expand, case.y[0], v, *args)
+    raises_everywhere(r"bgmv_expand: lora_b must be 3-D \[N, H_out, R\], got 2-D",
+                      expand, case.y, v, case.lora_b[0], case.indices, case.scaling)
+    raises_everywhere(r"lora_b must be contiguous",
+                      expand, case.y, v, case.lora_b.transpose(1, 2).contiguous().transpose(1, 2), case.indices,
+                      case.scaling)
 
 
 def test_shrink_checks(case):
-    raises_everywhere(r"sgmv_shrink: lora_a must be 3-D \[N, R, H_in\], got 2-D", lk.sgmv_shrink, case.x, case.lora_a[0], case.seg_indptr, case.seg_adapter)
-    raises_everywhere(r"bgmv_shrink: indices must be contiguous", lk.bgmv_shrink, case.x, case.lora_a, torch.zeros(12, dtype=torch.int32)[::2])
+    raises_everywhere(r"sgmv_shrink: lora_a must be 3-D \[N, R, H_in\], got 2-D",
+                      lk.sgmv_shrink, case.x, case.lora_a[0], case.seg_indptr, case.seg_adapter)
+    raises_everywhere(r"bgmv_shrink: indices must be contiguous",
+                      lk.bgmv_shrink, case.x, case.lora_a, torch.zeros(12, dtype=torch.int32)[::2])
 
 
 def test_embedding_checks():
     y = torch.randn(4, 6)
     lora_a, lora_b = torch.randn(2, 3, 10), torch.randn(2, 6, 3)
     scaling, indices = torch.ones(2), torch.tensor([0, 1, -1, 0])
+    ids = torch.zeros(4, dtype=torch.long)
     y_before = y.clone()
-    raises_everywhere(r"add_lora_embedding: token_ids\[2\] = 10 is out of range; expected 0 <= token_ids\[t\] < vocab = 10", lk.add_lora_embedding, y, torch.tensor([0, 1, 10, 3]), lora_a, lora_b, scaling, indices, values=True)
-    raises_everywhere(r"add_lora_embedding: token_ids must be int32 or int64, got Float", lk.add_lora_embedding, y, torch.zeros(4), lora_a, lora_b, scaling, indices)
-    raises_everywhere(r"add_lora_embedding: lora_b must have shape \[N, dim, R\] with N = 2 and R = 3", lk.add_lora_embedding, y, torch.zeros(4, dtype=torch.long), lora_a, torch.randn(2, 6, 4), scaling, indices)
-    raises_everywhere(r"add_lora_embedding: lora_b must have shape \[N, H_out, R\] with H_out = 6 \(from y\)", lk.add_lora_embedding, y, torch.zeros(4, dtype=torch.long), lora_a, torch.randn(2, 7, 3), scaling, indices)
+    embed = lk.add_lora_embedding
+    raises_everywhere(r"add_lora_embedding: token_ids\[2\] = 10 is out of range; expected 0 <= token_ids\[t\] < vocab = 10",
+                      embed, y, torch.tensor([0, 1, 10, 3]), lora_a, lora_b, scaling, indices, values=True)
+    raises_everywhere(r"add_lora_embedding: token_ids must be int32 or int64, got Float",
+                      embed, y, torch.zeros(4), lora_a, lora_b, scaling, indices)
+    raises_everywhere(r"add_lora_embedding: lora_b must have shape \[N, dim, R\] with N = 2 and R = 3",
+                      embed, y, ids, lora_a, torch.randn(2, 6, 4), scaling, indices)
+    raises_everywhere(r"add_lora_embedding: lora_b must have shape \[N, H_out, R\] with H_out = 6 \(from y\)",
+                      embed, y, ids, lora_a, torch.randn(2, 7, 3), scaling, indices)
     assert torch.equal(y, y_before)
 
 
