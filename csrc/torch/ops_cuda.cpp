@@ -22,9 +22,11 @@ struct CudaBackend {
         : guard(device.is_cuda() ? std::optional<c10::Device>(device) : std::nullopt) {}
     c10::cuda::OptionalCUDAGuard guard;
   };
-  static void shrink(const ShrinkParams& p) { C10_CUDA_CHECK(cuda::launch_shrink(p, current_stream())); }
-  static void expand(const ExpandParams& p) { C10_CUDA_CHECK(cuda::launch_expand(p, current_stream())); }
-  static void embedding_shrink(const EmbeddingShrinkParams& p) {
+  struct Plan {};  // the kernels map tokens to slots themselves
+  static Plan make_plan(const TokenMap&, int64_t) { return {}; }
+  static void shrink(const ShrinkParams& p, const Plan&) { C10_CUDA_CHECK(cuda::launch_shrink(p, current_stream())); }
+  static void expand(const ExpandParams& p, const Plan&) { C10_CUDA_CHECK(cuda::launch_expand(p, current_stream())); }
+  static void embedding_shrink(const EmbeddingShrinkParams& p, const Plan&) {
     C10_CUDA_CHECK(cuda::launch_embedding_shrink(p, current_stream()));
   }
 };

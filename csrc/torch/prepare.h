@@ -4,6 +4,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <initializer_list>
 #include <optional>
 
 #include "lora_kernels/params.h"
@@ -16,9 +17,28 @@ using OptTensor = std::optional<Tensor>;
 // Accumulator / v dtype for an activation dtype: float32, or float64 for float64.
 at::ScalarType acc_dtype(at::ScalarType dtype);
 
-// Per-token indices, or segments, checked against T and the device of `ref`.
-TokenMap make_token_map(const char* op, int64_t num_tokens, const Tensor& ref, const char* ref_name,
-                        const OptTensor& indices, const OptTensor& seg_indptr, const OptTensor& seg_adapter);
+// One tensor argument of an op, by name; `tensor` is null for an optional argument not given.
+struct Arg {
+  const char* name;
+  const Tensor* tensor;
+};
+inline Arg arg(const char* name, const Tensor& t) { return {name, &t}; }
+inline Arg arg(const char* name, const OptTensor& t) { return {name, t.has_value() ? &*t : nullptr}; }
+
+// Every tensor argument must be on the device of the op's lead tensor (y for the ops that
+// write y, x for the shrinks). Checked first: a call that mixes devices is refused by name
+// before any shape or value check reads it.
+void check_devices(const char* op, const Arg& lead, std::initializer_list<Arg> args);
+
+// The output y (2-D, unit column stride: checked before) must not write one memory location
+// from two rows, and no input may share memory with it: the result would depend on the order
+// the kernels visit rows and columns. Row-strided views of a wider tensor (a column slice of a
+// fused qkv output) are fine, and so are inputs in other column slices of the same tensor.
+void check_no_overlap(const char* op, const Tensor& y, std::initializer_list<Arg> inputs);
+
+// Per-token indices, or segments, checked against T (devices are checked by check_devices).
+TokenMap make_token_map(const char* op, int64_t num_tokens, const OptTensor& indices, const OptTensor& seg_indptr,
+                        const OptTensor& seg_adapter);
 
 // Checks the values of indices / segments / ranks (and token ids) on the host. CPU tensors are
 // read in place; device tensors are copied (only done on CUDA under LORA_KERNELS_DEBUG=1).
