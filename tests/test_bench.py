@@ -76,7 +76,7 @@ def test_default_dry_run_json_layout(default_result):
                                   + 2 * r["T"] * r["H_out"])
 
 
-def test_default_workload_at_full_size_is_issue_2s():
+def test_default_workload_at_full_size():
     cpu = bench.default_cases("cpu")
     assert [(c.kind, c.T, c.n, c.r, c.H_in, c.H_out, c.dtype) for c in cpu] == [
         ("decode", 64, 64, 16, 4096, 4096, torch.float32),
@@ -192,6 +192,7 @@ def test_full_on_cpu_without_dry_run_is_refused(capsys):
     assert cli_main(["bench", "--device", "cpu", "--full"]) == 2
     err = capsys.readouterr().err
     assert "--full is the GPU sweep" in err and "--dry-run" in err
+    assert "issue" not in err.lower()
 
 
 def test_time_budget_lists_the_cases_not_run():
@@ -234,3 +235,27 @@ def test_python_dash_m_lora_kernels_bench(tmp_path):
     assert "[4/4]" in proc.stderr  # one progress line per case, on stderr
     assert "best baseline" in proc.stdout
     assert len(json.loads(path.read_text())["rows"]) == 4
+
+
+@pytest.mark.parametrize("command", ["bench", "inspect", "check"])
+def test_help_never_refers_to_the_issue_tracker(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli_main([command, "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage:" in out
+    assert "issue" not in out.lower(), out
+
+
+def test_bench_docstrings_never_refer_to_the_issue_tracker():
+    import pkgutil
+    import importlib
+
+    names = ["lora_kernels.bench"] + [f"lora_kernels.bench.{m.name}" for m in pkgutil.iter_modules(bench.__path__)
+                                      if m.name != "__main__"]
+    for name in names:
+        mod = importlib.import_module(name)
+        docs = [mod.__doc__ or ""] + [getattr(obj, "__doc__", None) or "" for obj in vars(mod).values()
+                                      if callable(obj) and getattr(obj, "__module__", None) == name]
+        for doc in docs:
+            assert "issue" not in doc.lower(), (name, doc)

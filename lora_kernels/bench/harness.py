@@ -1,0 +1,244 @@
+"""The run: check then time every candidate of every case, and gather the JSON-ready result."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+import sys
+import time
+from typing import Any, Callable
+
+import torch
+
+from .baselines import baseline_candidates, ours_candidate
+from .cases import Case, flops, min_bytes
+from .correctness import REF_CHUNK_BYTES, CorrectnessError, _reference, check_candidate
+from .timing import _copy_us, _l2_bytes, _rotation, _sync, _time_cpu_interleaved, _time_cuda, copy_bandwidth
+from .workload import make_workload
+
+
+class BenchUsageError(ValueError):
+    """A combination of options the benchmark refuses (e.g. --full on CPU without --dry-run)."""
+
+
+def _device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name(torch.cuda.current_device())
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def _lk_version() -> str | None:
+    try:
+        from .. import __version__
+        return str(__version__)
+    except Exception:
+        return None
+
+
+def _progress_default(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run(
+    cases: list[Case],
+    device: str,
+    *,
+    ops: Any = None,
+    repeat: int | None = None,
+    dry_run: bool = False,
+    time_budget_s: float | None = None,
+    extra_baselines: dict[str, Callable] | None = None,
+    progress: Callable[[str], None] = _progress_default,
+    cpu_budget_s: float = 2.0,
+    keep_going: bool = False,
+) -> dict:
+    """Check then time every candidate of every case; return the JSON-ready result.
+
+    ``ops`` supplies our functions (default: the ``lora_kernels`` package). ``extra_baselines``
+    ({name: fn(w)}) joins the plain-torch compositions (the tests inject a wrong one).
+    ``time_budget_s`` stops starting new cases once exceeded; their names go to ``not_run``.
+    Raises :class:`CorrectnessError` when our op is wrong; with ``keep_going`` (the sweep)
+    a case that fails in any way is listed under ``errors`` and the run goes on.
+    """
+    if ops is None:
+        import lora_kernels as ops  # the compiled ops
+    if device == "cuda" and not torch.cuda.is_available():
+        raise BenchUsageError("--device cuda: torch sees no CUDA device here.")
+    if repeat is None:
+        repeat = 1 if dry_run else (100 if device == "cuda" else 20)
+    warmup = 0 if dry_run else (3 if device == "cuda" else 1)
+    threads = torch.get_num_threads()
+    if dry_run and device == "cpu":
+        # Tiny shapes measure nothing; one thread keeps them fast on a loaded machine.
+        torch.set_num_threads(1)
+    try:
+        return _run(cases, device, ops, repeat, warmup, dry_run, time_budget_s, extra_baselines,
+                    progress, cpu_budget_s, keep_going)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(cases, device, ops, repeat, warmup, dry_run, time_budget_s, extra_baselines, progress,
+         cpu_budget_s, keep_going) -> dict:
+    started = time.perf_counter()
+    result: dict[str, Any] = {
+        "device": _device_name(device),
+        "device_type": device,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "lora_kernels": _lk_version(),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "dry_run": dry_run,
+        "threads": torch.get_num_threads(),
+        "repeat": repeat,
+        "command": " ".join(sys.argv),
+        "copy_gbps": None,
+        "l2_bytes": None,
+        "rows": [],
+        "not_run": [],
+        "errors": [],
+    }
+    l2 = 0
+    if device == "cuda":
+        l2 = _l2_bytes()
+        result["l2_bytes"] = l2
+        result["copy_gbps"] = copy_bandwidth(reps=max(3, min(repeat, 20)), dry_run=dry_run)
+        progress(f"device-to-device copy: {result['copy_gbps']:.0f} GB/s, L2 {l2 / 2**20:.0f} MiB")
+    with torch.inference_mode():
+        for i, case in enumerate(cases):
+            if time_budget_s is not None and time.perf_counter() - started > time_budget_s:
+                result["not_run"] = [c.name for c in cases[i:]]
+                progress(f"time budget of {time_budget_s:.0f} s spent: {len(cases) - i} cases not run")
+                break
+            try:
+                row = _run_case(case, device, ops, repeat, warmup, dry_run, l2, result["copy_gbps"],
+                                extra_baselines, cpu_budget_s, seed=1000 + i)
+            except Exception as exc:
+                if not keep_going:
+                    raise
+                msg = f"{type(exc).__name__}: {exc}"
+                result["errors"].append({"name": case.name, "error": msg})
+                progress(f"[{i + 1}/{len(cases)}] {case.name}: FAILED: {msg.splitlines()[0][:300]}")
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                    torch.cuda.empty_cache()
+                continue
+            result["rows"].append(row)
+            progress(f"[{i + 1}/{len(cases)}] {_progress_line(row)}")
+            if device == "cuda":
+                torch.cuda.empty_cache()
+    result["elapsed_s"] = round(time.perf_counter() - started, 2)
+    return result
+
+
+def _run_case(case, device, ops, repeat, warmup, dry_run, l2, copy_gbps, extra, cpu_budget_s, seed) -> dict:
+    w = make_workload(case, device, seed=seed)
+    expected = _reference(w, REF_CHUNK_BYTES[device])
+    cands, skipped = baseline_candidates(case, device)
+    if extra:
+        cands.update(extra)
+    rejected: dict[str, str] = {}
+    errs: dict[str, float] = {}
+
+    ours = ours_candidate(case, ops)
+    err, tol = check_candidate(ours, w, expected)
+    if not err <= tol:
+        raise CorrectnessError(
+            f"{case.name}: our op differs from the float64 reference: relative error of the "
+            f"update {err:.3g} > tolerance {tol:.3g}"
+        )
+    our_err = err
+    for name, fn in list(cands.items()):
+        try:
+            e, t = check_candidate(fn, w, expected)
+        except Exception as exc:  # e.g. grouped_mm without a kernel for this dtype / GPU
+            skipped[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+            del cands[name]
+            continue
+        errs[name] = e
+        if not e <= t:
+            rejected[name] = f"relative error {e:.3g} > tolerance {t:.3g}"
+            del cands[name]
+    _sync(device)
+
+    timing: dict[str, str] = {}
+    rotate = 1
+    mins: dict[str, float] = {}
+    base_us: dict[str, float] = {}
+    if device == "cuda":
+        rotate = _rotation(min_bytes(case), l2, dry_run)
+        sets = [w] + [w.with_fresh_buffers(_gen(device, seed + 7 + k)) for k in range(rotate - 1)]
+        us, _, timing["ours"] = _time_cuda(ours, sets, repeat, warmup)
+        for name, fn in cands.items():
+            try:
+                base_us[name], _, timing[name] = _time_cuda(fn, sets, repeat, warmup)
+            except Exception as exc:
+                skipped[name] = f"{type(exc).__name__} while timing: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+    else:
+        stats = _time_cpu_interleaved({"ours": ours, **cands}, w, repeat, warmup, cpu_budget_s, skipped)
+        us, mins["ours"], _ = stats.pop("ours")
+        for name, (med, mn, _) in stats.items():
+            base_us[name], mins[name] = med, mn
+        timing = {name: "perf_counter" for name in ("ours", *base_us)}
+    nbytes = min_bytes(case)
+    gbps = nbytes / us / 1e3
+    best = min(base_us, key=base_us.get) if base_us else None
+    row = {
+        "name": case.name,
+        "kind": case.kind,
+        "op": case.op,
+        "dtype": case.dtype_name,
+        "T": case.T,
+        "n": case.n,
+        "S": case.n if case.kind == "prefill" else None,
+        "r": case.r,
+        "H_in": case.H_in,
+        "H_out": case.H_out,
+        "bytes": nbytes,
+        "flops": flops(case),
+        "us": us,
+        "gbps": gbps,
+        "pct_copy": (100.0 * gbps / copy_gbps) if (device == "cuda" and copy_gbps) else None,
+        "copy_us": None,
+        "baselines": base_us,
+        "best_baseline": best,
+        "best_baseline_us": base_us[best] if best else None,
+        "speedup": (base_us[best] / us) if best else None,
+        # CPU only: the fastest run of each candidate, and the speedup they give (on a machine
+        # shared with other work the minimum is the steadier statistic)
+        "us_min": mins.get("ours"),
+        "baselines_min": {k: v for k, v in mins.items() if k != "ours"} or None,
+        "speedup_min": (min(v for k, v in mins.items() if k != "ours") / mins["ours"])
+                       if len(mins) > 1 else None,
+        "rel_err": our_err,
+        "baseline_rel_err": errs,
+        "skipped": skipped,
+        "rejected": rejected,
+        "timing": timing,
+        "rotate": rotate,
+    }
+    if device == "cuda":
+        row["copy_us"] = _copy_us(nbytes, repeat, warmup, l2, dry_run)
+    return row
+
+
+def _gen(device: str, seed: int) -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(seed)
+    return g
+
+
+def _progress_line(row: dict) -> str:
+    s = f"{row['name']}: ours {row['us']:.1f} us ({row['gbps']:.1f} GB/s)"
+    if row["best_baseline"]:
+        s += f", best baseline {row['best_baseline']} {row['best_baseline_us']:.1f} us, {row['speedup']:.2f}x"
+    if row["rejected"]:
+        s += f"; REJECTED (wrong): {', '.join(row['rejected'])}"
+    return s
