@@ -90,7 +90,17 @@ BUILD_FACTS = {"torch": torch.__version__, "cuda": with_cuda, "cuda_version": cu
 
 
 class BuildWithFacts(BuildExtension):
-    """Also writes lora_kernels/_build.json, read at import to explain a load failure."""
+    """Also writes lora_kernels/_build.json, read at import to explain a load failure.
+
+    An editable install (``pip install -e .``, what ``make build`` runs) compiles in a fixed
+    folder, build/temp-editable: setuptools hands build_ext a fresh temporary folder on every
+    editable build, so ninja found no object of the last build and recompiled every file even
+    when nothing had changed. In a fixed folder ninja recompiles only the changed sources."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        if getattr(self, "editable_mode", False):
+            self.build_temp = os.path.join(HERE, "build", "temp-editable")
 
     def run(self):
         super().run()
