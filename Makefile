@@ -54,8 +54,10 @@ test-python: build
 
 test: test-cpp test-python
 
+# `make bench` writes the rows (JSON) and the plot (PNG) here, and prints where.
+BENCH_OUT ?= benchmarks/results/local
 bench: build
-	$(PY) -m lora_kernels bench
+	$(PY) -m lora_kernels bench --json $(BENCH_OUT)/bench.json --plot $(BENCH_OUT)/bench.png
 
 wheel: setup
 	$(PIP) wheel --no-build-isolation --no-deps -w dist .

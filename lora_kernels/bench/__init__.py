@@ -22,9 +22,15 @@ on the update itself, ``d = y_out - y_in``: a wrong ``ours`` stops the run
 (:class:`CorrectnessError`), a wrong baseline is left out of the timing and listed under
 ``rejected``. Timing: on CPU the median (and the minimum) of repeated ``time.perf_counter``
 runs after a warmup, candidates interleaved run by run; on CUDA CUDA events around CUDA-graph
-replays (eager when capture fails), median, over input sets rotated so that together they
-exceed the L2 cache, plus a device-to-device copy measured in the same run (``pct_copy``: our
-GB/s as a percentage of that copy's).
+replays (eager when capture fails), median. On both, every call reads one of several input sets
+in turn, sets that together exceed twice the last-level cache (the GPU's L2, the CPU's L3), so
+the weights come from memory as a server's next layer's do; and each case's GB/s is given as a
+percentage of a rate measured in the same run: a device-to-device copy on CUDA (``pct_copy``),
+a read of a tensor 4x the LLC on CPU (``pct_read``), for ours and for every baseline
+(``baselines_pct_copy`` / ``baselines_pct_read``). Each row also carries the spread between
+runs (``us_iqr``, ``baselines_iqr``, ``speedup_range``: best baseline's quartiles over ours');
+a speedup range wider than ``NOISY_SPREAD`` (1.25x) marks the row ``noisy``, and the table
+says so under it rather than printing the ratio as if it were solid.
 
 Entry points: ``python -m lora_kernels bench`` (:func:`main`), ``benchmarks/bench_gpu.py``.
 

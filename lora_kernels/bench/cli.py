@@ -72,6 +72,9 @@ def run_from_args(args: argparse.Namespace, *, ops: Any = None, extra_baselines=
     if args.plot:
         if write_plot(result, args.plot):
             out(f"wrote {args.plot}")
+    if not args.json and not args.plot:
+        out("(no file written: --json PATH writes the rows, --plot PATH the PNG plot; "
+            "`make bench` writes both to benchmarks/results/local/)")
     return 1 if result["errors"] else 0
 
 

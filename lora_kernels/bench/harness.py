@@ -13,7 +13,23 @@ import torch
 from .baselines import baseline_candidates, ours_candidate
 from .cases import Case, flops, min_bytes
 from .correctness import REF_CHUNK_BYTES, CorrectnessError, _reference, check_candidate
-from .timing import _copy_us, _l2_bytes, _rotation, _sync, _time_cpu_interleaved, _time_cuda, copy_bandwidth
+from .timing import (
+    _copy_us,
+    _l2_bytes,
+    _rotation,
+    _sync,
+    _time_cpu_interleaved,
+    _time_cuda,
+    copy_bandwidth,
+    llc_bytes,
+    read_bandwidth,
+)
+
+# A speedup whose interquartile range (best baseline's quartiles over ours') spans more than this
+# factor is flagged as noisy: the machine was busy while measuring, the ratio is not solid.
+NOISY_SPREAD = 1.25
+# Most memory the CPU input rotation may allocate for one case.
+CPU_ROTATION_MEMORY = 2 << 30
 from .workload import make_workload
 
 
@@ -101,6 +117,10 @@ def _run(cases, device, ops, repeat, warmup, dry_run, time_budget_s, extra_basel
         "command": " ".join(sys.argv),
         "copy_gbps": None,
         "l2_bytes": None,
+        "llc_bytes": None,
+        "read_gbps": None,
+        "read_bytes": None,
+        "noisy_spread": NOISY_SPREAD,
         "rows": [],
         "not_run": [],
         "errors": [],
@@ -111,6 +131,13 @@ def _run(cases, device, ops, repeat, warmup, dry_run, time_budget_s, extra_basel
         result["l2_bytes"] = l2
         result["copy_gbps"] = copy_bandwidth(reps=max(3, min(repeat, 20)), dry_run=dry_run)
         progress(f"device-to-device copy: {result['copy_gbps']:.0f} GB/s, L2 {l2 / 2**20:.0f} MiB")
+    else:
+        l2 = llc_bytes()
+        result["llc_bytes"] = l2
+        with torch.inference_mode():
+            result["read_gbps"], result["read_bytes"] = read_bandwidth(l2, dry_run=dry_run)
+        progress(f"memory read ({torch.get_num_threads()} threads, {result['read_bytes'] / 2**20:.0f} MiB): "
+                 f"{result['read_gbps']:.1f} GB/s, last-level cache {l2 / 2**20:.0f} MiB")
     with torch.inference_mode():
         for i, case in enumerate(cases):
             if time_budget_s is not None and time.perf_counter() - started > time_budget_s:
@@ -118,7 +145,8 @@ def _run(cases, device, ops, repeat, warmup, dry_run, time_budget_s, extra_basel
                 progress(f"time budget of {time_budget_s:.0f} s spent: {len(cases) - i} cases not run")
                 break
             try:
-                row = _run_case(case, device, ops, repeat, warmup, dry_run, l2, result["copy_gbps"],
+                row = _run_case(case, device, ops, repeat, warmup, dry_run, l2,
+                                result["copy_gbps"] if device == "cuda" else result["read_gbps"],
                                 extra_baselines, cpu_budget_s, seed=1000 + i)
             except Exception as exc:
                 if not keep_going:
@@ -138,7 +166,14 @@ def _run(cases, device, ops, repeat, warmup, dry_run, time_budget_s, extra_basel
     return result
 
 
-def _run_case(case, device, ops, repeat, warmup, dry_run, l2, copy_gbps, extra, cpu_budget_s, seed) -> dict:
+def _set_bytes(w) -> int:
+    return sum(t.numel() * t.element_size() for t in (w.x, w.y, w.v, w.lora_a, w.lora_b))
+
+
+def _run_case(case, device, ops, repeat, warmup, dry_run, l2, ref_gbps, extra, cpu_budget_s, seed) -> dict:
+    """One case: check, then time. ``l2`` is the last-level cache (L2 on CUDA, L3 on CPU) the
+    inputs are rotated over; ``ref_gbps`` the rate every GB/s is a fraction of (the copy on
+    CUDA, the memory read on CPU)."""
     w = make_workload(case, device, seed=seed)
     expected = _reference(w, REF_CHUNK_BYTES[device])
     cands, skipped = baseline_candidates(case, device)
@@ -169,27 +204,34 @@ def _run_case(case, device, ops, repeat, warmup, dry_run, l2, copy_gbps, extra, 
     _sync(device)
 
     timing: dict[str, str] = {}
-    rotate = 1
-    mins: dict[str, float] = {}
-    base_us: dict[str, float] = {}
+    stats: dict[str, dict] = {}
+    nbytes = min_bytes(case)
     if device == "cuda":
-        rotate = _rotation(min_bytes(case), l2, dry_run)
+        rotate = _rotation(nbytes, l2, dry_run)
         sets = [w] + [w.with_fresh_buffers(_gen(device, seed + 7 + k)) for k in range(rotate - 1)]
-        us, _, timing["ours"] = _time_cuda(ours, sets, repeat, warmup)
+        stats["ours"], _, timing["ours"] = _time_cuda(ours, sets, repeat, warmup)
         for name, fn in cands.items():
             try:
-                base_us[name], _, timing[name] = _time_cuda(fn, sets, repeat, warmup)
+                stats[name], _, timing[name] = _time_cuda(fn, sets, repeat, warmup)
             except Exception as exc:
                 skipped[name] = f"{type(exc).__name__} while timing: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
     else:
-        stats = _time_cpu_interleaved({"ours": ours, **cands}, w, repeat, warmup, cpu_budget_s, skipped)
-        us, mins["ours"], _ = stats.pop("ours")
-        for name, (med, mn, _) in stats.items():
-            base_us[name], mins[name] = med, mn
-        timing = {name: "perf_counter" for name in ("ours", *base_us)}
-    nbytes = min_bytes(case)
+        # the sets' own bytes (each tensor once) together exceed 2x the LLC
+        rotate = _rotation(_set_bytes(w), l2, dry_run, _set_bytes(w), CPU_ROTATION_MEMORY)
+        sets = [w] + [w.with_fresh_buffers(_gen(device, seed + 7 + k)) for k in range(rotate - 1)]
+        stats = _time_cpu_interleaved({"ours": ours, **cands}, sets, repeat, warmup, cpu_budget_s, skipped)
+        timing = {name: "perf_counter" for name in stats}
+        del sets
+    us = stats["ours"]["median"]
+    base = {k: v for k, v in stats.items() if k != "ours"}
+    base_us = {k: v["median"] for k, v in base.items()}
+    mins = {k: v["min"] for k, v in stats.items()} if device == "cpu" else {}
     gbps = nbytes / us / 1e3
     best = min(base_us, key=base_us.get) if base_us else None
+    speedup_range = None
+    if best:
+        speedup_range = [base[best]["q1"] / stats["ours"]["q3"], base[best]["q3"] / stats["ours"]["q1"]]
+    pct = (lambda us_: 100.0 * nbytes / us_ / 1e3 / ref_gbps) if ref_gbps else (lambda us_: None)
     row = {
         "name": case.name,
         "kind": case.kind,
@@ -205,12 +247,24 @@ def _run_case(case, device, ops, repeat, warmup, dry_run, l2, copy_gbps, extra, 
         "flops": flops(case),
         "us": us,
         "gbps": gbps,
-        "pct_copy": (100.0 * gbps / copy_gbps) if (device == "cuda" and copy_gbps) else None,
+        "pct_copy": pct(us) if device == "cuda" else None,
+        # CPU: GB/s as a percentage of the memory read rate measured in the same run
+        "pct_read": pct(us) if device == "cpu" else None,
+        "baselines_pct_copy": {k: pct(v) for k, v in base_us.items()} if device == "cuda" else None,
+        "baselines_pct_read": {k: pct(v) for k, v in base_us.items()} if device == "cpu" else None,
         "copy_us": None,
         "baselines": base_us,
         "best_baseline": best,
         "best_baseline_us": base_us[best] if best else None,
         "speedup": (base_us[best] / us) if best else None,
+        # the spread between runs: quartiles of each candidate's times, and the speedup range
+        # they allow (best baseline's q1 / our q3 to its q3 / our q1); "noisy" when that range
+        # spans more than NOISY_SPREAD
+        "runs": stats["ours"]["runs"],
+        "us_iqr": [stats["ours"]["q1"], stats["ours"]["q3"]],
+        "baselines_iqr": {k: [v["q1"], v["q3"]] for k, v in base.items()},
+        "speedup_range": speedup_range,
+        "noisy": bool(speedup_range and speedup_range[1] > NOISY_SPREAD * speedup_range[0]),
         # CPU only: the fastest run of each candidate, and the speedup they give (on a machine
         # shared with other work the minimum is the steadier statistic)
         "us_min": mins.get("ours"),
@@ -239,6 +293,9 @@ def _progress_line(row: dict) -> str:
     s = f"{row['name']}: ours {row['us']:.1f} us ({row['gbps']:.1f} GB/s)"
     if row["best_baseline"]:
         s += f", best baseline {row['best_baseline']} {row['best_baseline_us']:.1f} us, {row['speedup']:.2f}x"
+        if row["noisy"]:
+            lo, hi = row["speedup_range"]
+            s += f" (runs spread: {lo:.2f}x to {hi:.2f}x)"
     if row["rejected"]:
         s += f"; REJECTED (wrong): {', '.join(row['rejected'])}"
     return s

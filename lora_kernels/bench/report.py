@@ -9,18 +9,49 @@ import os
 BASELINE_ORDER = ("sorted_mm", "gather_bmm", "peft_loop", "mm", "grouped_mm")
 
 
+def _speedup_cell(r: dict) -> str:
+    """'2.31x', with a '*' where the spread between runs is large (see the note under the table)."""
+    if not r["speedup"]:
+        return "-"
+    return f"{r['speedup']:.2f}x" + ("*" if r.get("noisy") else "")
+
+
+def _spread_cell(r: dict) -> str:
+    rng = r.get("speedup_range")
+    return f"{rng[0]:.2f}-{rng[1]:.2f}x" if rng else "-"
+
+
+def spread_note(result: dict) -> str | None:
+    """The line under a table about the spread between runs (None on a dry run)."""
+    rows = [r for r in result["rows"] if r.get("speedup_range")]
+    if result.get("dry_run") or not rows:
+        return None
+    limit = result.get("noisy_spread") or 1.25
+    noisy = [r for r in rows if r.get("noisy")]
+    if not noisy:
+        return (f"spread between runs: every speedup's interquartile range spans less than "
+                f"{limit:g}x, the ratios above hold.")
+    return (f"* LARGE SPREAD between runs in {len(noisy)} of {len(rows)} cases (interquartile "
+            f"speedup range wider than {limit:g}x, column 'speedup IQR'): the machine was busy "
+            f"while measuring, so those speedups are not solid; rerun on a quiet machine "
+            f"(or with a larger --repeat) before quoting them.")
+
+
 def format_table(result: dict) -> str:
     rows = result["rows"]
     names = [b for b in BASELINE_ORDER
              if any(b in r["baselines"] or b in r["skipped"] or b in r["rejected"] for r in rows)]
     names += sorted({b for r in rows for b in (*r["baselines"], *r["rejected"])} - set(names))
     cuda = result.get("device_type") == "cuda"
-    header = ["case", "ours us"] + [f"{b} us" for b in names] + ["best baseline", "speedup", "GB/s"]
+    header = ["case", "ours us"] + [f"{b} us" for b in names] + ["best baseline", "speedup",
+                                                                  "speedup IQR", "GB/s"]
     with_min = any(r.get("speedup_min") for r in rows)
     if with_min:
         header += ["speedup (min runs)"]
-    if cuda:
-        header += ["% copy"]
+    ref = "copy" if cuda else "read"
+    with_pct = any(r.get(f"pct_{ref}") is not None for r in rows)
+    if with_pct:
+        header += [f"% {ref}", f"best baseline % {ref}"]
     lines = []
     for r in rows:
         cells = [r["name"], f"{r['us']:.1f}"]
@@ -33,12 +64,14 @@ def format_table(result: dict) -> str:
                 cells.append("skip")
             else:
                 cells.append("-")
-        cells += [r["best_baseline"] or "-", f"{r['speedup']:.2f}x" if r["speedup"] else "-",
-                  f"{r['gbps']:.1f}"]
+        cells += [r["best_baseline"] or "-", _speedup_cell(r), _spread_cell(r), f"{r['gbps']:.1f}"]
         if with_min:
             cells.append(f"{r['speedup_min']:.2f}x" if r.get("speedup_min") else "-")
-        if cuda:
-            cells.append(f"{r['pct_copy']:.0f}%" if r["pct_copy"] is not None else "-")
+        if with_pct:
+            ours_pct = r.get(f"pct_{ref}")
+            best_pct = (r.get(f"baselines_pct_{ref}") or {}).get(r["best_baseline"])
+            cells += [f"{ours_pct:.0f}%" if ours_pct is not None else "-",
+                      f"{best_pct:.0f}%" if best_pct is not None else "-"]
         lines.append(cells)
     widths = [max(len(h), *(len(c[i]) for c in lines)) if lines else len(h) for i, h in enumerate(header)]
 
@@ -53,8 +86,11 @@ def format_table(result: dict) -> str:
     head = (f"device: {result['device']} ({result['device_type']}), torch {result['torch']}"
             f"{', CUDA ' + str(result['cuda']) if cuda else ''}, threads {result['threads']}"
             f"{', copy ' + format(result['copy_gbps'], '.0f') + ' GB/s' if result.get('copy_gbps') else ''}"
+            f"{', memory read ' + format(result['read_gbps'], '.1f') + ' GB/s' if result.get('read_gbps') else ''}"
+            f"{', last-level cache ' + format(result['llc_bytes'] / 2**20, '.0f') + ' MiB (inputs rotated over 2x it)' if result.get('llc_bytes') else ''}"
             f"{', DRY RUN (tiny sizes, 1 repetition: not a measurement)' if result['dry_run'] else ''}")
-    tail = [f"skipped: {n}" for n in notes[:8]] + (["..."] if len(notes) > 8 else [])
+    tail = [note for note in (spread_note(result),) if note]
+    tail += [f"skipped: {n}" for n in notes[:8]] + (["..."] if len(notes) > 8 else [])
     if result.get("not_run"):
         tail.append(f"not run (time budget): {len(result['not_run'])} cases")
     return "\n".join([head, *out, *tail])
@@ -131,7 +167,7 @@ def format_summary(result: dict) -> str:
     for r in sel:
         cells = [r["name"], f"{r['us']:.1f}", r["best_baseline"] or "-",
                  f"{r['best_baseline_us']:.1f}" if r["best_baseline_us"] else "-",
-                 f"{r['speedup']:.2f}x" if r["speedup"] else "-", f"{r['gbps']:.1f}"]
+                 _speedup_cell(r), f"{r['gbps']:.1f}"]
         if cuda:
             cells += [f"{r['pct_copy']:.0f}%" if r["pct_copy"] is not None else "-",
                       f"{r['us'] / r['copy_us']:.2f}" if r.get("copy_us") else "-"]
@@ -149,7 +185,7 @@ def format_summary(result: dict) -> str:
              + (f", CUDA {result['cuda']}, copy {result['copy_gbps']:.0f} GB/s" if cuda and result.get("copy_gbps") else "")
              + (" [DRY RUN: not a measurement]" if result.get("dry_run") else ""),
              fmt(head), fmt(["-" * w for w in widths]), *(fmt(c) for c in body), census,
-             format_targets(result)]
+             *[note for note in (spread_note(result),) if note], format_targets(result)]
     return "\n".join(lines)
 
 

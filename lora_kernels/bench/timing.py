@@ -1,9 +1,16 @@
-"""Timing: interleaved ``perf_counter`` runs on CPU; CUDA events around CUDA-graph replays over
-rotated input sets on CUDA, and the device-to-device copy every GPU case is compared with."""
+"""Timing: interleaved ``perf_counter`` runs on CPU, CUDA events around CUDA-graph replays on
+CUDA; on both, input sets rotated so that together they exceed the last-level cache (the L2 on a
+GPU, the L3 on a CPU), as a server's layers each have their own weights. Each case is compared
+with a rate measured in the same run: a device-to-device copy on CUDA, a read of a tensor
+larger than the LLC on CPU.
+
+Every timing returns :func:`summarize`'s statistics (median, min, quartiles, runs), so the
+report can say where the spread between runs is large."""
 
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -15,25 +22,91 @@ from torch import Tensor
 from .workload import Workload
 
 
+def summarize(times_us: list[float]) -> dict:
+    """{median, min, q1, q3, runs} of a list of times (µs). q1 / q3 are the quartiles
+    (inclusive method; equal to the single value when there is one run)."""
+    if len(times_us) > 1:
+        q1, _, q3 = statistics.quantiles(times_us, n=4, method="inclusive")
+    else:
+        q1 = q3 = times_us[0]
+    return {"median": statistics.median(times_us), "min": min(times_us), "q1": q1, "q3": q3,
+            "runs": len(times_us)}
+
+
+def llc_bytes(default: int = 32 << 20, root: str = "/sys/devices/system/cpu/cpu0/cache") -> int:
+    """The CPU's last-level cache in bytes: the highest-level data or unified cache listed in
+    /sys/devices/system/cpu/cpu0/cache (``default`` where that is not readable)."""
+    best = (0, 0)
+    try:
+        entries = sorted(os.listdir(root))
+    except OSError:
+        return default
+    for entry in entries:
+        if not entry.startswith("index"):
+            continue
+        try:
+            with open(os.path.join(root, entry, "level")) as f:
+                level = int(f.read())
+            with open(os.path.join(root, entry, "type")) as f:
+                kind = f.read().strip()
+            with open(os.path.join(root, entry, "size")) as f:
+                size = _parse_size(f.read())
+        except (OSError, ValueError):
+            continue
+        if kind != "Instruction" and (level, size) > best:
+            best = (level, size)
+    return best[1] or default
+
+
+def _parse_size(text: str) -> int:
+    """'266240K' -> 272629760; '2M' -> 2097152; '512' -> 512."""
+    text = text.strip().upper()
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+    return int(text[:-1] if mult > 1 else text) * mult
+
+
+def read_bandwidth(llc: int, reps: int = 10, dry_run: bool = False) -> tuple[float, int]:
+    """(GB/s, bytes): the rate at which this process's torch threads read a float32 tensor of
+    4x the LLC (256 MiB to 2 GiB) from memory, median of ``reps`` sums. Every CPU case's GB/s is
+    reported as a fraction of it."""
+    nbytes = (4 << 20) if dry_run else int(min(2 << 30, max(256 << 20, 4 * llc)))
+    t = torch.empty(nbytes // 4, dtype=torch.float32).fill_(1.0)  # touched: really allocated
+    t.sum()
+    times = []
+    for _ in range(1 if dry_run else reps):
+        t0 = time.perf_counter()
+        t.sum()
+        times.append(time.perf_counter() - t0)
+    del t
+    return nbytes / statistics.median(times) / 1e9, nbytes
+
+
 def _sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
 
 
-def _time_cpu_interleaved(fns: dict[str, Callable], w: Workload, reps: int, warmup: int,
-                          budget_s: float, skipped: dict[str, str]) -> dict[str, tuple[float, float, int]]:
+def _time_cpu_interleaved(fns: dict[str, Callable], sets: list[Workload], reps: int, warmup: int,
+                          budget_s: float, skipped: dict[str, str]) -> dict[str, dict]:
     """CPU timing, candidates interleaved round by round (so a burst of load from elsewhere on a
-    shared machine hits all of them alike): {name: (median us, min us, runs)}. A candidate stops
-    after ``reps`` runs, or after 3 once its runs add up to ``budget_s``. A baseline that raises
-    is moved to ``skipped``; ``ours`` raising propagates."""
+    shared machine hits all of them alike): {name: :func:`summarize` of its runs, in µs}.
+    Every call, whichever the candidate, takes the next input set of ``sets`` in turn, so the
+    set a call reads was last touched ``len(sets)`` calls ago: with sets that together exceed
+    the LLC, its weights come from memory, as a server's next layer's do. A candidate stops after
+    ``reps`` runs, or after 3 once its runs add up to ``budget_s``. A baseline that raises is
+    moved to ``skipped``; ``ours`` raising propagates."""
+    turn = 0
     for _ in range(warmup):
         for fn in fns.values():
-            fn(w)
+            fn(sets[turn % len(sets)])
+            turn += 1
     times: dict[str, list[float]] = {name: [] for name in fns}
     spent = dict.fromkeys(fns, 0.0)
     active = list(fns)
     while active:
         for name in list(active):
+            w = sets[turn % len(sets)]
+            turn += 1
             t0 = time.perf_counter()
             try:
                 fns[name](w)
@@ -50,12 +123,12 @@ def _time_cpu_interleaved(fns: dict[str, Callable], w: Workload, reps: int, warm
             n = len(times[name])
             if n >= reps or (n >= min(3, reps) and spent[name] > budget_s):
                 active.remove(name)
-    return {name: (statistics.median(t) * 1e6, min(t) * 1e6, len(t)) for name, t in times.items()}
+    return {name: summarize([x * 1e6 for x in t]) for name, t in times.items()}
 
 
 def _time_cuda(fn: Callable, sets: list, reps: int, warmup: int,
-               target_s: float = 0.03) -> tuple[float, int, str]:
-    """Median µs per call: CUDA events around replays of a graph that runs fn over every
+               target_s: float = 0.03) -> tuple[dict, int, str]:
+    """(:func:`summarize` of the µs per call, replays, mode): CUDA events around replays of a graph that runs fn over every
     rotated input set once (eager launches when capture fails). ``reps`` is the most replays
     timed; fewer (at least 5) when one replay is long, so each candidate costs ~``target_s``."""
     side = torch.cuda.Stream()
@@ -100,7 +173,7 @@ def _time_cuda(fn: Callable, sets: list, reps: int, warmup: int,
     torch.cuda.synchronize()
     times = [e0.elapsed_time(e1) * 1e3 / len(sets) for e0, e1 in events]
     del graph
-    return statistics.median(times), reps, mode
+    return summarize(times), reps, mode
 
 
 def _l2_bytes() -> int:
@@ -108,12 +181,16 @@ def _l2_bytes() -> int:
     return int(getattr(props, "L2_cache_size", 0) or getattr(props, "l2_cache_size", 0) or 50 << 20)
 
 
-def _rotation(nbytes: int, l2: int, dry_run: bool) -> int:
-    """How many input sets to rotate through so that together they exceed the L2 cache 2x
-    (at least 2, at most 1024)."""
+def _rotation(nbytes: int, l2: int, dry_run: bool, set_bytes: int = 0, memory_cap: int = 0) -> int:
+    """How many input sets to rotate through so that together they exceed the last-level cache
+    (``l2``) 2x (at least 2, at most 1024; where ``memory_cap`` is given, at most as many sets
+    of ``set_bytes`` as fit in it)."""
     if dry_run:
         return 2
-    return int(min(1024, max(2, math.ceil(2 * l2 / max(nbytes, 1)))))
+    k = int(min(1024, max(2, math.ceil(2 * l2 / max(nbytes, 1)))))
+    if memory_cap and set_bytes:
+        k = max(2, min(k, memory_cap // max(set_bytes, 1)))
+    return k
 
 
 def _copy_us(nbytes: int, reps: int, warmup: int, l2: int, dry_run: bool) -> float:
@@ -123,8 +200,8 @@ def _copy_us(nbytes: int, reps: int, warmup: int, l2: int, dry_run: bool) -> flo
     bufs = [(torch.empty(numel, dtype=torch.float32, device="cuda").normal_(),
              torch.empty(numel, dtype=torch.float32, device="cuda")) for _ in range(k)]
     sets = [_CopySet(src, dst) for src, dst in bufs]
-    us, _, _ = _time_cuda(lambda s: s.dst.copy_(s.src), sets, reps, warmup)
-    return us
+    stats, _, _ = _time_cuda(lambda s: s.dst.copy_(s.src), sets, reps, warmup)
+    return stats["median"]
 
 
 @dataclass
