@@ -369,3 +369,18 @@ def test_make_bench_writes_the_json_and_the_plot():
     assert proc.returncode == 0, proc.stderr
     line = next(line for line in proc.stdout.splitlines() if "-m lora_kernels bench" in line)
     assert "--json /tmp/out/" in line and "--plot /tmp/out/" in line
+
+
+def test_cuda_rows_are_given_as_a_percentage_of_the_copy(default_result):
+    # the table of a CUDA result (made from the CPU dry run: no GPU needed to check the layout)
+    res = json.loads(json.dumps(default_result))
+    res.update(device_type="cuda", copy_gbps=4000.0, read_gbps=None, llc_bytes=None)
+    for r in res["rows"]:
+        r["pct_copy"], r["pct_read"] = 100 * r["gbps"] / 4000.0, None
+        r["baselines_pct_copy"] = {k: 100 * r["bytes"] / us / 1e3 / 4000.0 for k, us in r["baselines"].items()}
+        r["baselines_pct_read"] = None
+        r["copy_us"] = r["us"] / 2
+    table = bench.format_table(res)
+    assert "% copy" in table and "best baseline % copy" in table and "% read" not in table
+    assert "copy 4000 GB/s" in table
+    assert "% copy" in bench.format_summary(res)

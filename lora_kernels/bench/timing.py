@@ -128,9 +128,10 @@ def _time_cpu_interleaved(fns: dict[str, Callable], sets: list[Workload], reps: 
 
 def _time_cuda(fn: Callable, sets: list, reps: int, warmup: int,
                target_s: float = 0.03) -> tuple[dict, int, str]:
-    """(:func:`summarize` of the µs per call, replays, mode): CUDA events around replays of a graph that runs fn over every
-    rotated input set once (eager launches when capture fails). ``reps`` is the most replays
-    timed; fewer (at least 5) when one replay is long, so each candidate costs ~``target_s``."""
+    """(:func:`summarize` of the µs per call, replays, mode): CUDA events around replays of a
+    graph that runs fn over every rotated input set once (eager launches when capture fails).
+    ``reps`` is the most replays timed; fewer (at least 5) when one replay is long, so each
+    candidate costs ~``target_s``."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
