@@ -19,6 +19,10 @@ every layer unchanged. Rows with more than one token use the SGMV path (segments
 decode steps the BGMV path (per-token indices). The base model's weights are never modified.
 Inference only: forward and generate run under ``torch.no_grad()``.
 
+Each forward / generate call keeps its rows in its own :class:`_Batch`, published in a context
+variable for the call, and pins the slots it reads; ``remove_adapter`` frees a pinned slot only
+when the last call reading it ends. See :class:`MultiLoRAModel` for what is safe from threads.
+
 Example::
 
     model = lk.MultiLoRAModel(base_model, {"sql": "adapters/sql", "chat": "adapters/chat"})
@@ -29,7 +33,11 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
+import threading
+import warnings
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -84,39 +92,25 @@ def _same_values(saved: Tensor, served: Tensor) -> bool:
     return torch.equal(saved.to(served.dtype), served) or torch.equal(saved, served.to(saved.dtype))
 
 
-class _State:
-    """What the model and all its LoRA layers share: the adapter registry and the forward context."""
+class _Batch:
+    """The row state of one ``forward`` / ``generate`` call: the slot that serves each batch row.
 
-    def __init__(self, ops: Any) -> None:
-        self.ops = ops
-        self.slots: dict[str, int] = {}  # adapter name -> slot (same in every pool)
-        self.adapters: dict[str, PeftAdapter] = {}
-        self.max_adapters = 0
-        # forward context
-        self.rows: list[int] | None = None  # slot per batch row (-1 = base)
-        self.row_slot_set: frozenset[int] = frozenset()
-        self.expand = False  # generate(): rows may be repeated (beam search, num_return_sequences)
+    Every call builds its own and publishes it in a context variable (:data:`_BATCHES`) for the
+    duration of the call, so forwards running at the same time in several threads, and a forward
+    started inside another one, never see each other's rows.
+    """
+
+    def __init__(self, rows: list[int] | None, uniform: int, expand: bool) -> None:
+        self.rows = rows  # slot per batch row (-1 = base); None: every row is served by `uniform`
+        self.uniform = uniform
+        self.slot_set = frozenset(s for s in (rows if rows is not None else [uniform]) if s >= 0)
+        self.expand = expand  # generate(): rows may be repeated (beam search, num_return_sequences)
         self.cache: dict[tuple, BatchMetadata] = {}
-
-    @property
-    def slot_to_name(self) -> dict[int, str]:
-        return {s: n for n, s in self.slots.items()}
-
-    @contextlib.contextmanager
-    def active(self, rows: list[int], expand: bool):
-        saved = (self.rows, self.row_slot_set, self.expand, self.cache)
-        self.rows = rows
-        self.row_slot_set = frozenset(s for s in rows if s >= 0)
-        self.expand = expand
-        self.cache = {}
-        try:
-            yield
-        finally:
-            self.rows, self.row_slot_set, self.expand, self.cache = saved
 
     def rows_for(self, batch: int, layer: str) -> list[int]:
         rows = self.rows
-        assert rows is not None
+        if rows is None:
+            return [self.uniform] * batch
         if batch == len(rows):
             return rows
         if self.expand and len(rows) > 0 and batch % len(rows) == 0:
@@ -127,7 +121,9 @@ class _State:
             f"adapter_names has {len(rows)} entries (one per batch row)."
         )
 
-    def metadata(self, batch: int, tokens_per_row: int, device: torch.device, layer: str) -> BatchMetadata:
+    def metadata(
+        self, batch: int, tokens_per_row: int, device: torch.device, layer: str, num_slots: int
+    ) -> BatchMetadata:
         key = (batch, tokens_per_row, device)
         meta = self.cache.get(key)
         if meta is None:
@@ -139,11 +135,56 @@ class _State:
                 else:
                     slots.append(s)
                     lengths.append(tokens_per_row)
-            meta = BatchMetadata.from_requests(
-                slots, lengths, device=device, num_slots=max(self.max_adapters, 1)
-            )
+            meta = BatchMetadata.from_requests(slots, lengths, device=device, num_slots=max(num_slots, 1))
             self.cache[key] = meta
         return meta
+
+
+# The calls in progress in this thread / task: MultiLoRAModel state -> that call's rows.
+_BATCHES: contextvars.ContextVar[dict[Any, _Batch] | None] = contextvars.ContextVar(
+    "lora_kernels_model_batches", default=None
+)
+
+
+class _State:
+    """What the model and all its LoRA layers share: the adapter registry, behind one lock.
+
+    ``slots`` / ``adapters`` hold the loaded adapters. A slot some forward in flight still reads
+    (``pins``) is not freed by ``remove_adapter``: its adapter moves to ``retired`` and the slot
+    is released (zeroed in every pool, reusable) when the last such forward ends.
+    """
+
+    def __init__(self, ops: Any) -> None:
+        self.ops = ops
+        self.lock = threading.RLock()
+        self.slots: dict[str, int] = {}  # loaded adapter name -> slot (same in every pool)
+        self.adapters: dict[str, PeftAdapter] = {}
+        self.retired: dict[int, PeftAdapter] = {}  # removed, still read by forwards in flight
+        self.pins: Counter[int] = Counter()  # slot -> forwards in flight that read it
+        self.in_flight = 0  # forward / generate calls running
+        self.max_adapters = 0
+        self.active: str | None = None  # the adapter of every row when no adapter_names is given
+
+    def __getstate__(self) -> dict[str, Any]:  # copy.deepcopy / torch.save of the model
+        state = dict(self.__dict__)
+        del state["lock"]
+        state["pins"], state["in_flight"] = Counter(), 0  # a copy runs no forward
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.lock = threading.RLock()
+
+    def occupied(self) -> dict[int, PeftAdapter]:
+        """Slot -> adapter, for every slot the pools must hold: loaded and retired adapters."""
+        out = {s: self.adapters[n] for n, s in self.slots.items()}
+        out.update(self.retired)
+        return out
+
+    def current(self) -> _Batch | None:
+        """The rows of the innermost forward of this model running in the caller's context."""
+        batches = _BATCHES.get()
+        return None if batches is None else batches.get(self)
 
 
 class LoRALayer(nn.Module):
@@ -153,19 +194,26 @@ class LoRALayer(nn.Module):
     :class:`MultiLoRAModel` forward, their adapter's LoRA update (computed by
     :func:`lora_kernels.add_lora` / :func:`lora_kernels.add_lora_embedding` in place).
     Outside such a forward it is exactly ``base_layer``.
+
+    What a forward reads (pool, scale vector, targeting slots) is published as one tuple and
+    read once per call, so an adapter added or removed by another thread meanwhile never gives
+    a call a pool from one version and a scale vector from another.
     """
 
     def __init__(self, base_layer: nn.Module, name: str, state: _State) -> None:
         super().__init__()
         kind = _module_kind(base_layer)
-        assert kind is not None
+        if kind is None:  # pragma: no cover - MultiLoRAModel validates every module first
+            raise TypeError(
+                f"LoRALayer: module {name!r} is a {type(base_layer).__name__}; lora_kernels serves "
+                f"LoRA on nn.Linear, nn.Embedding and transformers' Conv1D."
+            )
         self.base_layer = base_layer
         self.lora_module_name = name
         self.kind, self.lora_in_features, self.lora_out_features = kind
         self._state = state
-        self.pool: LoRAPool | None = None
-        self.targeting: set[int] = set()  # slots whose adapter targets this module
-        self._scaling: Tensor | None = None
+        # (pool, scale vector for the ops, slots whose adapter targets this module), or None
+        self._served: tuple[LoRAPool, Tensor, frozenset[int]] | None = None
         es = getattr(base_layer, "embed_scale", None) if self.kind == "embedding" else None
         if isinstance(es, Tensor) and es.numel() != 1:
             es = None  # PEFT ignores a non-scalar embed_scale too
@@ -195,6 +243,18 @@ class LoRALayer(nn.Module):
             f"{self.kind}, adapters={sorted(self.targeting)}, "
             f"max_rank={pool.max_rank if pool else 0}"
         )
+
+    @property
+    def pool(self) -> LoRAPool | None:
+        """The :class:`LoRAPool` of this module (``None`` before any adapter targets it)."""
+        served = self._served
+        return None if served is None else served[0]
+
+    @property
+    def targeting(self) -> frozenset[int]:
+        """Slots whose adapter targets this module."""
+        served = self._served
+        return frozenset() if served is None else served[2]
 
     # --- pools ----------------------------------------------------------------------------
 
@@ -227,17 +287,16 @@ class LoRALayer(nn.Module):
             device=device,
             bias=bias,
         )
-        st = self._state
-        by_slot = st.slot_to_name
+        occupied = self._state.occupied()  # loaded adapters and those forwards in flight still read
         holes: list[int] = []
         targeting: set[int] = set()
-        for slot in range(max(by_slot, default=-1) + 1):
-            name = by_slot.get(slot)
-            m = self.module_of(st.adapters[name]) if name is not None else None
+        for slot in range(max(occupied, default=-1) + 1):
+            adapter = occupied.get(slot)
+            m = self.module_of(adapter) if adapter is not None else None
             got = self._add_to(pool, m)
             if got != slot:  # pragma: no cover - LoRAPool fills the lowest free slot
                 raise RuntimeError(f"internal error: pool slot {got} != expected {slot}")
-            if name is None:
+            if adapter is None:
                 holes.append(slot)
             elif m is not None:
                 targeting.add(slot)
@@ -245,49 +304,48 @@ class LoRALayer(nn.Module):
             pool.remove(slot)
         return pool, targeting
 
-    def install(self, pool: LoRAPool, targeting: set[int]) -> None:
-        self.pool = pool
-        self.targeting = set(targeting)
-        self.refresh_scaling()
+    def install(self, pool: LoRAPool, targeting: set[int] | frozenset[int]) -> None:
+        """Publish ``pool`` and the slots targeting this module, in one assignment.
 
-    def refresh_scaling(self) -> None:
-        """The scale vector the ops get: ``pool.scaling`` (float64 in a float64 pool), except
-        that an embedding with ``embed_scale`` (Gemma 3) gets ``scaling * embed_scale``, as PEFT
-        applies it."""
-        pool = self.pool
-        if pool is None or self._embed_scale is None:
-            self._scaling = None
-            return
-        self._scaling = pool.scaling * self._embed_scale
+        The scale vector the ops get is ``pool.scaling`` (float64 in a float64 pool), except that
+        an embedding with ``embed_scale`` (Gemma 3) gets a copy, ``scaling * embed_scale``, as
+        PEFT applies it; call ``install`` again after changing ``pool`` in place.
+        """
+        scaling = pool.scaling if self._embed_scale is None else pool.scaling * self._embed_scale
+        self._served = (pool, scaling, frozenset(targeting))
 
     @property
     def scaling(self) -> Tensor | None:
         """``[N]`` per-slot scale passed to the ops."""
-        if self.pool is None:
-            return None
-        return self._scaling if self._scaling is not None else self.pool.scaling
+        served = self._served
+        return None if served is None else served[1]
 
     def _apply(self, fn, recurse=True):  # .to() / .cuda() / .half() / .double(): follow the base
         out = super()._apply(fn, recurse)
-        pool = self.pool
-        if pool is not None:
-            dtype, device = self._target_dtype_device()
-            if pool.dtype != dtype or pool.device != device:
-                self.install(*self.build_pool(pool.max_adapters, pool.max_rank, pool.has_bias))
+        with self._state.lock:
+            pool = self.pool
+            if pool is not None:
+                dtype, device = self._target_dtype_device()
+                if pool.dtype != dtype or pool.device != device:
+                    self.install(*self.build_pool(pool.max_adapters, pool.max_rank, pool.has_bias))
         return out
 
     # --- forward --------------------------------------------------------------------------
 
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         y = self.base_layer(x, *args, **kwargs)
+        served = self._served  # read once: another thread may publish a new pool meanwhile
+        if served is None:
+            return y
         st = self._state
-        pool = self.pool
-        if st.rows is None or pool is None or not (st.row_slot_set & self.targeting):
+        batch = st.current()
+        pool, scaling, targeting = served
+        if batch is None or not (batch.slot_set & targeting):
             return y
         name = self.lora_module_name
         if x.dim() == 0:
             raise ValueError(f"MultiLoRAModel: module {name!r} received a 0-d input.")
-        batch = int(x.shape[0])
+        rows = int(x.shape[0])
         H_in, H_out = self.lora_in_features, self.lora_out_features
         if self.kind == "embedding":
             T = x.numel()
@@ -297,13 +355,13 @@ class LoRALayer(nn.Module):
             T = x.numel() // H_in
         if T == 0:
             return y
-        if batch == 0 or T % batch != 0:
+        if rows == 0 or T % rows != 0:
             raise ValueError(
                 f"MultiLoRAModel: module {name!r} received an input of shape {list(x.shape)} "
-                f"whose tokens do not split evenly over {batch} batch rows."
+                f"whose tokens do not split evenly over {rows} batch rows."
             )
-        L = T // batch
-        meta = st.metadata(batch, L, x.device, name)
+        L = T // rows
+        meta = batch.metadata(rows, L, x.device, name, pool.max_adapters)
         ops = st.ops or _default_ops()
         if y.dtype != pool.dtype:
             raise TypeError(
@@ -317,7 +375,7 @@ class LoRALayer(nn.Module):
         with torch.no_grad():
             if self.kind == "embedding":
                 ops.add_lora_embedding(
-                    y2, x.reshape(-1), pool.lora_a, pool.lora_b, self.scaling, meta.indices,
+                    y2, x.reshape(-1), pool.lora_a, pool.lora_b, scaling, meta.indices,
                     ranks=pool.ranks,
                 )
             else:
@@ -331,12 +389,12 @@ class LoRALayer(nn.Module):
                     x2 = x2.contiguous()
                 if L == 1:  # decode step: one token per row -> BGMV
                     ops.add_lora(
-                        y2, x2, pool.lora_a, pool.lora_b, self.scaling, meta.indices,
+                        y2, x2, pool.lora_a, pool.lora_b, scaling, meta.indices,
                         ranks=pool.ranks, lora_bias=pool.lora_bias,
                     )
                 else:  # prefill: a segment per run of rows sharing an adapter -> SGMV
                     ops.add_lora(
-                        y2, x2, pool.lora_a, pool.lora_b, self.scaling,
+                        y2, x2, pool.lora_a, pool.lora_b, scaling,
                         seg_indptr=meta.seg_indptr, seg_adapter=meta.seg_adapter,
                         ranks=pool.ranks, lora_bias=pool.lora_bias,
                     )
@@ -359,8 +417,40 @@ class MultiLoRAModel(nn.Module):
 
     ``model(..., adapter_names=[...])`` and ``model.generate(..., adapter_names=[...])`` take
     PEFT's argument: one adapter name per batch row, ``"__base__"`` for none; an unknown name
-    or a list of the wrong length is an error before any compute. Without ``adapter_names``
-    every row runs the plain base model.
+    or a list of the wrong length is an error before any compute.
+
+    Without ``adapter_names`` every row is served by the *active adapter*, as in PEFT: the first
+    adapter added (the first of ``adapters``, like ``PeftModel.from_pretrained``; adding more
+    does not change it), or the one chosen with :meth:`set_adapter` (``"__base__"`` for the
+    plain base model). Removing the active adapter makes the first remaining name in sorted
+    order active, with a warning (PEFT's ``delete_adapter`` does the same); with no adapter
+    left, rows run the plain base model. :attr:`active_adapter` says which it is.
+
+    Inference only: ``forward`` and ``generate`` run under ``torch.no_grad()`` (outputs carry no
+    autograd graph, whatever the grad mode), and nothing here trains or merges adapters.
+
+    Threads: one model may be called from several threads at once.
+
+    - ``forward`` / ``generate`` concurrently with each other: each call serves its own
+      ``adapter_names`` (each keeps its row state in a context variable), also when nested.
+    - ``add_adapter`` / ``remove_adapter`` / ``set_adapter`` concurrently with forwards: a
+      forward serves every row with the adapter its name denoted when the forward started, until
+      it returns; a removed adapter's weights stay in their slot until the last forward reading
+      them has returned (with ``max_adapters`` fixed, that slot counts as used meanwhile), and
+      the other rows are unaffected. A forward started after ``remove_adapter`` returned refuses
+      the removed name.
+    - adapter changes concurrently with each other: serialized by one lock.
+    - not while forwards run: ``unload`` (refused while one is in flight), ``.to()`` /
+      ``.cuda()`` / ``.half()`` and changes to the base model's own weights.
+
+    The layers find their call's rows through a context variable: modules run by the calling
+    thread see them; a wrapper that runs the modules on threads of its own (such as
+    ``torch.nn.DataParallel``) is not supported.
+
+    On CUDA a freed slot is zeroed after ``torch.cuda.synchronize``, so kernels queued by earlier
+    forwards on any stream are done; a pool replaced when it grows is freed through torch's
+    caching allocator (reuse ordered on its allocation stream): with forwards on streams of your
+    own, give ``max_adapters`` and ``max_rank`` so that pools never grow.
 
     Example::
 
@@ -382,6 +472,18 @@ class MultiLoRAModel(nn.Module):
         if not isinstance(base_model, nn.Module):
             raise TypeError(
                 f"MultiLoRAModel: base_model must be a torch.nn.Module, got {type(base_model).__name__}."
+            )
+        if isinstance(base_model, MultiLoRAModel):
+            raise TypeError(
+                "MultiLoRAModel: base_model is already a MultiLoRAModel; add adapters to it with "
+                "add_adapter(name, path) instead of wrapping it again."
+            )
+        wrapped = next((n for n, m in base_model.named_modules() if isinstance(m, LoRALayer)), None)
+        if wrapped is not None:
+            raise ValueError(
+                f"MultiLoRAModel: base_model is already wrapped by another MultiLoRAModel (its "
+                f"module {wrapped!r} is a LoRALayer of it); add adapters to that MultiLoRAModel with "
+                f"add_adapter(name, path), or call its unload() first to get the plain model back."
             )
         for arg, value in (("max_adapters", max_adapters), ("max_rank", max_rank)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -420,11 +522,31 @@ class MultiLoRAModel(nn.Module):
     @property
     def adapter_names(self) -> list[str]:
         """Names of the loaded adapters, in slot order."""
-        return sorted(self._state.slots, key=self._state.slots.get)
+        with self._state.lock:
+            return sorted(self._state.slots, key=self._state.slots.get)
 
     @property
     def adapters(self) -> dict[str, PeftAdapter]:
-        return dict(self._state.adapters)
+        with self._state.lock:
+            return dict(self._state.adapters)
+
+    @property
+    def active_adapter(self) -> str | None:
+        """The adapter that serves every row of a call without ``adapter_names`` (PEFT's
+        ``active_adapter``); ``None`` when the plain base model does."""
+        return self._state.active
+
+    def set_adapter(self, adapter_name: str) -> None:
+        """Make ``adapter_name`` the active adapter (``"__base__"``: the plain base model), as
+        PEFT's ``set_adapter``. Forwards already running keep the one they started with."""
+        st = self._state
+        with st.lock:
+            if adapter_name != BASE_ADAPTER_NAME and adapter_name not in st.slots:
+                raise ValueError(
+                    f"MultiLoRAModel.set_adapter: adapter_name must be a loaded adapter or "
+                    f"{BASE_ADAPTER_NAME!r}, got {adapter_name!r}; loaded: {self.adapter_names}."
+                )
+            st.active = None if adapter_name == BASE_ADAPTER_NAME else adapter_name
 
     @property
     def lora_layers(self) -> dict[str, LoRALayer]:
@@ -528,8 +650,12 @@ class MultiLoRAModel(nn.Module):
                         f"copy into the base model for every request, which a base model shared "
                         f"by every request cannot do"
                     )
-        if self._fixed_adapters is not None and len(self._state.slots) >= self._fixed_adapters:
-            problems.append(f"all max_adapters = {self._fixed_adapters} slots are in use")
+        held = len(self._state.retired)
+        if self._fixed_adapters is not None and len(self._state.slots) + held >= self._fixed_adapters:
+            problems.append(
+                f"all max_adapters = {self._fixed_adapters} slots are in use"
+                + (f" ({held} by removed adapters that forwards in flight still read)" if held else "")
+            )
         if problems:
             where = adapter.path or "(in memory)"
             lines = "\n".join(f"  - {p}" for p in problems)
@@ -538,12 +664,22 @@ class MultiLoRAModel(nn.Module):
             )
 
     def add_adapter(self, name: str, adapter: Any) -> None:
-        """Load (if a path) and add an adapter under ``name``; a refused adapter changes nothing."""
+        """Load (if a path) and add an adapter under ``name``; a refused adapter changes nothing.
+
+        Safe while other threads run forwards: their rows never read the new slot, and a pool
+        that grows is rebuilt and published whole, with every slot they read unchanged.
+        """
         self._check_new_name(name)
-        adapter = self._load(adapter)
-        self._validate(name, adapter)
+        adapter = self._load(adapter)  # file I/O outside the lock
+        with self._state.lock:
+            self._check_new_name(name)
+            self._validate(name, adapter)
+            self._add_validated(name, adapter)
+
+    def _add_validated(self, name: str, adapter: PeftAdapter) -> None:
         st = self._state
-        used = set(st.slots.values())
+        had_any = bool(st.slots)
+        used = set(st.occupied())  # a retired slot is still read by forwards in flight
         slot = min(set(range(len(used) + 1)) - used)
         old_n = st.max_adapters
         new_n = old_n if slot < old_n else max(slot + 1, 2 * old_n)
@@ -603,34 +739,74 @@ class MultiLoRAModel(nn.Module):
             if mname in rebuilt:
                 layer.install(*rebuilt[mname])
             else:
-                if layer.module_of(adapter) is not None:
-                    layer.targeting.add(slot)
-                layer.refresh_scaling()
+                targets = {slot} if layer.module_of(adapter) is not None else set()
+                layer.install(layer.pool, layer.targeting | targets)
         self._layers.update(new_layers)
+        if not had_any:
+            st.active = name  # the first adapter is the active one, as in PeftModel.from_pretrained
 
     def remove_adapter(self, name: str) -> None:
-        """Remove adapter ``name``; its slot is zeroed in every pool and becomes free."""
+        """Remove adapter ``name``: forwards started from now on refuse the name; its slot is
+        zeroed in every pool and becomes free once no forward in flight reads it any more
+        (at once when none does)."""
         st = self._state
-        if name not in st.slots:
-            raise ValueError(
-                f"MultiLoRAModel.remove_adapter: no adapter named {name!r}; loaded: {self.adapter_names}."
-            )
-        slot = st.slots.pop(name)
-        st.adapters.pop(name)
+        with st.lock:
+            if name not in st.slots:
+                raise ValueError(
+                    f"MultiLoRAModel.remove_adapter: no adapter named {name!r}; loaded: {self.adapter_names}."
+                )
+            slot = st.slots.pop(name)
+            adapter = st.adapters.pop(name)
+            if st.pins[slot] > 0:
+                st.retired[slot] = adapter  # released by the last forward reading it
+            else:
+                self._release(slot)
+            if st.active == name:
+                st.active = min(st.slots) if st.slots else None
+                if st.active is not None:
+                    warnings.warn(
+                        f"MultiLoRAModel: adapter {name!r} was the active adapter and is removed; "
+                        f"the active adapter is now {st.active!r} (the first remaining name in sorted "
+                        f"order, as PEFT does). Choose another with set_adapter(...).",
+                        stacklevel=2,
+                    )
+
+    def _release(self, slot: int) -> None:
+        """Zero ``slot`` in every pool and make it free (the caller holds the lock, and no forward
+        in flight reads the slot)."""
+        st = self._state
+        st.retired.pop(slot, None)
+        pools = [layer.pool for layer in self._layers.values()]
+        for device in {p.device for p in pools if p.device.type == "cuda"}:
+            # kernels of forwards that already returned may still be queued, on any stream
+            if not torch.cuda.is_current_stream_capturing():
+                torch.cuda.synchronize(device)
         for layer in self._layers.values():
             layer.pool.remove(slot)
-            layer.targeting.discard(slot)
-            layer.refresh_scaling()
+            layer.install(layer.pool, layer.targeting - {slot})
 
     def unload(self) -> nn.Module:
-        """Put the original modules back and return the base model (this object is then empty)."""
-        for mname, layer in self._layers.items():
-            parent_name, _, child = mname.rpartition(".")
-            parent = self.base_model.get_submodule(parent_name) if parent_name else self.base_model
-            setattr(parent, child, layer.base_layer)
-        self._layers.clear()
-        self._state.slots.clear()
-        self._state.adapters.clear()
+        """Put the original modules back and return the base model (this object is then empty).
+
+        Refused while a forward or generate is running on this model (its remaining layers would
+        run without adapters)."""
+        st = self._state
+        with st.lock:
+            if st.in_flight:
+                raise RuntimeError(
+                    f"MultiLoRAModel.unload: {st.in_flight} forward(s) are still running on this "
+                    f"model; unload once they have returned (their remaining layers would run "
+                    f"without adapters)."
+                )
+            for mname, layer in self._layers.items():
+                parent_name, _, child = mname.rpartition(".")
+                parent = self.base_model.get_submodule(parent_name) if parent_name else self.base_model
+                setattr(parent, child, layer.base_layer)
+            self._layers.clear()
+            st.slots.clear()
+            st.adapters.clear()
+            st.retired.clear()
+            st.active = None
         return self.base_model
 
     # --- forward ------------------------------------------------------------------------------
@@ -666,23 +842,49 @@ class MultiLoRAModel(nn.Module):
             )
         return [slots[n] if n != BASE_ADAPTER_NAME else -1 for n in adapter_names]
 
+    @contextlib.contextmanager
+    def _serving(self, adapter_names: Any, batch: int | None, expand: bool):
+        """Run the body as one call of this model: its own row state (a context variable), and
+        the slots it reads pinned, so a concurrent ``remove_adapter`` leaves them intact."""
+        st = self._state
+        with st.lock:  # names -> slots and the pins, atomically with respect to add / remove
+            if adapter_names is None:
+                b = _Batch(None, st.slots[st.active] if st.active is not None else -1, expand)
+            else:
+                b = _Batch(self._rows(adapter_names, batch), -1, expand)
+            pinned = sorted(b.slot_set)
+            st.pins.update(pinned)
+            st.in_flight += 1
+        token = _BATCHES.set({**(_BATCHES.get() or {}), st: b})
+        try:
+            yield
+        finally:
+            _BATCHES.reset(token)
+            with st.lock:
+                st.in_flight -= 1
+                for s in pinned:
+                    st.pins[s] -= 1
+                    if st.pins[s] == 0:
+                        del st.pins[s]
+                        if s in st.retired:  # removed meanwhile: this was its last reader
+                            self._release(s)
+
     def forward(self, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
-        """``base_model(*args, **kwargs)`` with each row's adapter applied (PEFT's mixed batch)."""
-        if adapter_names is None:
-            with torch.no_grad():
-                return self.base_model(*args, **kwargs)
-        rows = self._rows(adapter_names, self._batch_size(args, kwargs))
-        with self._state.active(rows, expand=False), torch.no_grad():
+        """``base_model(*args, **kwargs)`` with each row's adapter applied (PEFT's mixed batch).
+
+        ``adapter_names``: one name per batch row (``"__base__"`` for none); without it every
+        row is served by :attr:`active_adapter` (the plain base model when that is ``None``).
+        Runs under ``torch.no_grad()``.
+        """
+        with self._serving(adapter_names, self._batch_size(args, kwargs), expand=False), torch.no_grad():
             return self.base_model(*args, **kwargs)
 
     def generate(self, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
         """``base_model.generate(...)`` with each row's adapter applied at every step.
 
         Rows repeated by generation (``num_beams``, ``num_return_sequences``) keep their
-        adapter, as in PEFT.
+        adapter, as in PEFT. Without ``adapter_names`` every row is served by
+        :attr:`active_adapter`, as in ``forward``.
         """
-        if adapter_names is None:
-            return self.base_model.generate(*args, **kwargs)
-        rows = self._rows(adapter_names, self._batch_size(args, kwargs))
-        with self._state.active(rows, expand=True), torch.no_grad():
+        with self._serving(adapter_names, self._batch_size(args, kwargs), expand=True), torch.no_grad():
             return self.base_model.generate(*args, **kwargs)

@@ -11,7 +11,7 @@ For every token ``t`` with slot ``a`` (``-1`` = no adapter) and rank ``r = ranks
 
 Rows of ``y`` whose slot is ``-1`` or whose rank is 0 are left bit-for-bit untouched; padding
 past ``r`` is never used. x, y, weights (and bias) share one dtype: float16, bfloat16, float32
-or float64. Inference only: no autograd.
+or float64. Inference only: under grad mode an argument that requires grad is refused by name.
 """
 
 from __future__ import annotations
@@ -224,53 +224,225 @@ def _slice_list(name: str, value) -> list[Tensor]:
     return list(value)
 
 
-# Fake implementations: shapes and dtypes only, for torch.compile / FakeTensor tracing.
+# Fake implementations, for torch.compile / FakeTensor tracing and for the Meta dispatch key (a
+# call with any tensor on the meta device lands here, not in C++). They check what C++ checks
+# before reading any value (devices, dtypes, shapes, strides), in the same order and the same
+# words (csrc/torch/op_impl.h, prepare.cpp), so a bad call fails at trace time as it would at run
+# time. Index values are on the device and are checked by the kernels' hosts only.
+_DTYPE_NAMES = {
+    torch.float16: "Half", torch.bfloat16: "BFloat16", torch.float32: "Float", torch.float64: "Double",
+    torch.int8: "Char", torch.uint8: "Byte", torch.int16: "Short", torch.int32: "Int", torch.int64: "Long",
+    torch.bool: "Bool", torch.complex64: "ComplexFloat", torch.complex128: "ComplexDouble",
+}
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _fake_shrink_check(op: str, x: Tensor, lora_a: Tensor) -> None:
-    torch._check(x.dim() == 2, lambda: f"{op}: x must be 2-D [T, H_in], got {x.dim()}-D.")
-    torch._check(lora_a.dim() == 3, lambda: f"{op}: lora_a must be 3-D [N, R, H_in], got {lora_a.dim()}-D.")
-    torch._check(
-        lora_a.shape[2] == x.shape[1],
-        lambda: f"{op}: lora_a must have shape [N, R, H_in] with H_in = {x.shape[1]} (from x), "
-        f"got shape {list(lora_a.shape)}.",
-    )
+def _dt(dtype: torch.dtype) -> str:
+    """A dtype as C++ prints an at::ScalarType."""
+    return _DTYPE_NAMES.get(dtype, str(dtype).removeprefix("torch."))
+
+
+def _shape(t: Tensor) -> str:
+    return str(list(t.shape))
+
+
+def _fail(message: str) -> None:
+    raise RuntimeError(message)
+
+
+class _FakeChecks:
+    """The checks of csrc/torch/prepare.cpp for one op, on fake (or meta) tensors."""
+
+    def __init__(self, op: str):
+        self.op = op
+
+    def require(self, ok, message) -> None:
+        torch._check(ok, lambda: f"{self.op}: {message()}")
+
+    def devices(self, lead_name: str, lead: Tensor, **args: Tensor | None) -> None:
+        for name, t in args.items():
+            if t is not None and t.device != lead.device:
+                _fail(f"{self.op}: {name} must be on the same device as {lead_name} ({lead.device}), got {t.device}.")
+
+    def num_tokens(self, name: str, t: Tensor, layout: str):
+        self.require(t.dim() == 2, lambda: f"{name} must be 2-D {layout}, got {t.dim()}-D.")
+        return t.shape[0]
+
+    def dim(self, name: str, t: Tensor, dim: int, layout: str) -> None:
+        self.require(t.dim() == dim,
+                     lambda: f"{name} must be {dim}-D {layout}, got {t.dim()}-D with shape {_shape(t)}.")
+
+    def size(self, name: str, t: Tensor, d: int, expected, layout: str, what: str) -> None:
+        symbol, _, source = what.partition(" (")
+        source = f" ({source}" if source else ""
+        self.require(t.shape[d] == expected,
+                     lambda: f"{name} must have shape {layout} with {symbol} = {expected}{source}, "
+                     f"got shape {_shape(t)}.")
+
+    def same_dtype(self, name: str, t: Tensor, ref: Tensor, ref_name: str) -> None:
+        self.require(t.dtype == ref.dtype,
+                     lambda: f"{name} must have the same dtype as {ref_name} ({_dt(ref.dtype)}), got {_dt(t.dtype)}.")
+
+    def contiguous(self, name: str, t: Tensor) -> None:
+        self.require(t.is_contiguous(), lambda: f"{name} must be contiguous, got strides {list(t.stride())}.")
+
+    def rows(self, name: str, t: Tensor) -> None:
+        self.require(t.shape[1] <= 1 or t.stride(1) == 1,
+                     lambda: f"{name} must have unit stride along its last dimension (row-strided views are fine), "
+                     f"got strides {list(t.stride())}.")
+
+    def floating(self, name: str, t: Tensor) -> None:
+        self.require(t.dtype in _FLOATS,
+                     lambda: f"{name} must be float16, bfloat16, float32 or float64, got {_dt(t.dtype)}.")
+
+    def index_vec(self, name: str, t: Tensor, size, layout: str) -> None:
+        self.require(t.dtype in (torch.int32, torch.int64),
+                     lambda: f"{name} must be int32 or int64, got {_dt(t.dtype)}.")
+        self.dim(name, t, 1, layout)
+        self.require(t.shape[0] == size, lambda: f"{name} must have shape {layout} = [{size}], got shape {_shape(t)}.")
+        self.contiguous(name, t)
+
+    def token_map(self, T, indices, seg_indptr, seg_adapter) -> None:
+        if indices is not None:
+            if seg_indptr is not None or seg_adapter is not None:
+                _fail(f"{self.op}: pass either indices or (seg_indptr, seg_adapter), not both.")
+            self.index_vec("indices", indices, T, "[T]")
+            return
+        if seg_indptr is None or seg_adapter is None:
+            got = ("seg_indptr without seg_adapter." if seg_indptr is not None
+                   else "seg_adapter without seg_indptr." if seg_adapter is not None else "none of them.")
+            _fail(f"{self.op}: pass either indices, or both seg_indptr and seg_adapter; got {got}")
+        self.require(seg_adapter.dim() == 1,
+                     lambda: f"seg_adapter must be 1-D [S], got {seg_adapter.dim()}-D "
+                     f"with shape {_shape(seg_adapter)}.")
+        S = seg_adapter.shape[0]
+        self.index_vec("seg_adapter", seg_adapter, S, "[S]")
+        self.index_vec("seg_indptr", seg_indptr, S + 1, "[S+1]")
+
+    def pair(self, lora_a: Tensor, lora_b: Tensor, b_layout: str) -> None:
+        self.require(lora_a.dim() == 3 and lora_b.dim() == 3,
+                     lambda: f"lora_a and lora_b must be 3-D, got {lora_a.dim()}-D and {lora_b.dim()}-D.")
+        self.require(lora_b.shape[0] == lora_a.shape[0] and lora_b.shape[2] == lora_a.shape[1],
+                     lambda: f"lora_b must have shape {b_layout} with N = {lora_a.shape[0]} and R = {lora_a.shape[1]} "
+                     f"(from lora_a), got shape {_shape(lora_b)}.")
+
+    def shrink(self, x: Tensor, lora_a: Tensor, ranks) -> None:
+        self.floating("x", x)
+        self.dim("x", x, 2, "[T, H_in]")
+        self.rows("x", x)
+        self.dim("lora_a", lora_a, 3, "[N, R, H_in]")
+        self.same_dtype("lora_a", lora_a, x, "x")
+        self.size("lora_a", lora_a, 2, x.shape[1], "[N, R, H_in]", "H_in (from x)")
+        self.contiguous("lora_a", lora_a)
+        if ranks is not None:
+            self.index_vec("ranks", ranks, lora_a.shape[0], "[N]")
+
+    def expand(self, y: Tensor, v, lora_b: Tensor, scaling: Tensor, lora_bias, ranks) -> None:
+        """v is None where the op makes it (add_lora, add_lora_embedding): then it is right."""
+        self.floating("y", y)
+        self.dim("y", y, 2, "[T, H_out]")
+        self.rows("y", y)
+        self.dim("lora_b", lora_b, 3, "[N, H_out, R]")
+        self.same_dtype("lora_b", lora_b, y, "y")
+        self.size("lora_b", lora_b, 1, y.shape[1], "[N, H_out, R]", "H_out (from y)")
+        self.contiguous("lora_b", lora_b)
+        N, R, T = lora_b.shape[0], lora_b.shape[2], y.shape[0]
+        if v is not None:
+            acc = _acc_dtype(y.dtype)
+            self.require(v.dtype == acc,
+                         lambda: f"v must be {_dt(acc)} (the accumulator dtype for y's {_dt(y.dtype)}), "
+                         f"got {_dt(v.dtype)}.")
+            self.dim("v", v, 2, "[T, R]")
+            self.size("v", v, 0, T, "[T, R]", "T (from y)")
+            self.size("v", v, 1, R, "[T, R]", "R (from lora_b)")
+            self.rows("v", v)
+        self.require(scaling.dtype in (torch.float32, torch.float64),
+                     lambda: f"scaling must be float32 (or float64), got {_dt(scaling.dtype)}.")
+        self.dim("scaling", scaling, 1, "[N]")
+        self.size("scaling", scaling, 0, N, "[N]", "N (from lora_b)")
+        if lora_bias is not None:
+            self.dim("lora_bias", lora_bias, 2, "[N, H_out]")
+            self.same_dtype("lora_bias", lora_bias, y, "y")
+            self.size("lora_bias", lora_bias, 0, N, "[N, H_out]", "N (from lora_b)")
+            self.size("lora_bias", lora_bias, 1, y.shape[1], "[N, H_out]", "H_out (from y)")
+            self.contiguous("lora_bias", lora_bias)
+        if ranks is not None:
+            self.index_vec("ranks", ranks, N, "[N]")
+
+
+def _shrink_fake(op, x, lora_a, indices, seg_indptr, seg_adapter, ranks):
+    c = _FakeChecks(op)
+    c.devices("x", x, lora_a=lora_a, indices=indices, seg_indptr=seg_indptr, seg_adapter=seg_adapter, ranks=ranks)
+    c.token_map(c.num_tokens("x", x, "[T, H_in]"), indices, seg_indptr, seg_adapter)
+    c.shrink(x, lora_a, ranks)
+    return x.new_empty((x.shape[0], lora_a.shape[1]), dtype=_acc_dtype(x.dtype))
+
+
+def _expand_fake(op, y, v, lora_b, indices, seg_indptr, seg_adapter, scaling, ranks, lora_bias):
+    c = _FakeChecks(op)
+    c.devices("y", y, v=v, lora_b=lora_b, indices=indices, seg_indptr=seg_indptr, seg_adapter=seg_adapter,
+              scaling=scaling, ranks=ranks, lora_bias=lora_bias)
+    c.token_map(c.num_tokens("y", y, "[T, H_out]"), indices, seg_indptr, seg_adapter)
+    c.expand(y, v, lora_b, scaling, lora_bias, ranks)
 
 
 @torch.library.register_fake("lora_kernels::bgmv_shrink")
 def _bgmv_shrink_fake(x, lora_a, indices, ranks=None):
-    _fake_shrink_check("bgmv_shrink", x, lora_a)
-    return x.new_empty((x.shape[0], lora_a.shape[1]), dtype=_acc_dtype(x.dtype))
+    return _shrink_fake("bgmv_shrink", x, lora_a, indices, None, None, ranks)
 
 
 @torch.library.register_fake("lora_kernels::sgmv_shrink")
 def _sgmv_shrink_fake(x, lora_a, seg_indptr, seg_adapter, ranks=None):
-    _fake_shrink_check("sgmv_shrink", x, lora_a)
-    return x.new_empty((x.shape[0], lora_a.shape[1]), dtype=_acc_dtype(x.dtype))
+    return _shrink_fake("sgmv_shrink", x, lora_a, None, seg_indptr, seg_adapter, ranks)
 
 
 @torch.library.register_fake("lora_kernels::bgmv_expand")
 def _bgmv_expand_fake(y, v, lora_b, indices, scaling, ranks=None, lora_bias=None):
-    return None
+    _expand_fake("bgmv_expand", y, v, lora_b, indices, None, None, scaling, ranks, lora_bias)
 
 
 @torch.library.register_fake("lora_kernels::sgmv_expand")
 def _sgmv_expand_fake(y, v, lora_b, seg_indptr, seg_adapter, scaling, ranks=None, lora_bias=None):
-    return None
+    _expand_fake("sgmv_expand", y, v, lora_b, None, seg_indptr, seg_adapter, scaling, ranks, lora_bias)
 
 
 @torch.library.register_fake("lora_kernels::add_lora")
 def _add_lora_fake(
     y, x, lora_a, lora_b, scaling, indices=None, *, seg_indptr=None, seg_adapter=None, ranks=None, lora_bias=None
 ):
-    return None
+    c = _FakeChecks("add_lora")
+    c.devices("y", y, x=x, lora_a=lora_a, lora_b=lora_b, scaling=scaling, indices=indices, seg_indptr=seg_indptr,
+              seg_adapter=seg_adapter, ranks=ranks, lora_bias=lora_bias)
+    T = c.num_tokens("x", x, "[T, H_in]")
+    y_tokens = c.num_tokens("y", y, "[T, H_out]")
+    c.require(y_tokens == T, lambda: f"y must have shape [T, H_out] with T = {T} (from x), got shape {_shape(y)}.")
+    c.pair(lora_a, lora_b, "[N, H_out, R]")
+    c.token_map(T, indices, seg_indptr, seg_adapter)
+    c.shrink(x, lora_a, ranks)
+    c.require(y.dtype == x.dtype, lambda: f"y must have the same dtype as x ({_dt(x.dtype)}), got {_dt(y.dtype)}.")
+    c.expand(y, None, lora_b, scaling, lora_bias, ranks)
 
 
 @torch.library.register_fake("lora_kernels::add_lora_embedding")
 def _add_lora_embedding_fake(y, token_ids, lora_a, lora_b, scaling, indices, ranks=None):
-    return None
+    c = _FakeChecks("add_lora_embedding")
+    c.devices("y", y, token_ids=token_ids, lora_a=lora_a, lora_b=lora_b, scaling=scaling, indices=indices,
+              ranks=ranks)
+    c.pair(lora_a, lora_b, "[N, dim, R]")
+    c.token_map(c.num_tokens("y", y, "[T, dim]"), indices, None, None)
+    c.floating("y", y)
+    c.dim("y", y, 2, "[T, dim]")
+    c.dim("lora_a", lora_a, 3, "[N, R, vocab]")
+    c.same_dtype("lora_a", lora_a, y, "y")
+    c.contiguous("lora_a", lora_a)
+    c.index_vec("token_ids", token_ids, y.shape[0], "[T]")
+    if ranks is not None:
+        c.index_vec("ranks", ranks, lora_a.shape[0], "[N]")
+    c.expand(y, None, lora_b, scaling, None, ranks)
 
 
 @torch.library.register_fake("lora_kernels::add_lora_slices")

@@ -141,7 +141,8 @@ class LoRAPool:
                 ``bias=True`` (zeros when omitted there).
 
         Everything is checked before anything is written: a refused adapter leaves the pool
-        exactly as it was. Weights are converted to the pool's dtype and device.
+        exactly as it was. Weights are converted to the pool's dtype and device; weights holding
+        NaN or Inf, or values the pool's dtype cannot hold, are refused.
         """
         H_in, H_out, R = self.in_features, self.out_features, self.max_rank
         for name, t in (("lora_A", lora_A), ("lora_B", lora_B)):
@@ -203,6 +204,21 @@ class LoRAPool:
                 raise ValueError(
                     f"LoRAPool.add: lora_bias must have shape [H_out] = [{H_out}], "
                     f"got {_shape(lora_bias)}."
+                )
+        for name, t in (("lora_A", lora_A), ("lora_B", lora_B), ("lora_bias", lora_bias)):
+            if t is None:
+                continue
+            bad = int((~torch.isfinite(t.detach())).sum())
+            if bad:
+                raise ValueError(
+                    f"LoRAPool.add: {name} must hold only finite values, got {bad} NaN or Inf "
+                    f"entries (a broken adapter; the loader refuses it too)."
+                )
+            if not bool(torch.isfinite(t.detach().to(self.dtype)).all()):
+                raise ValueError(
+                    f"LoRAPool.add: {name} must fit the pool's dtype {self.dtype} (largest finite "
+                    f"value {torch.finfo(self.dtype).max:g}), got a value of magnitude "
+                    f"{t.detach().abs().max().item():g}, which would become Inf."
                 )
         slot = self._take_free_slot("add")
         with torch.no_grad():

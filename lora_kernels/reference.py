@@ -7,7 +7,9 @@ adapter slot ``a = indices[t]``::
     v[t]  = x[t] @ lora_a[a, :r_a].T                       (fp32, or float64 for float64 input)
     y[t] += scaling[a] * (v[t, :r_a] @ lora_b[a, :, :r_a].T + lora_bias[a])
 
-``a == -1`` or ``r_a == 0`` leaves ``y[t]`` untouched; ``v[t]`` is zero past ``r_a``.
+``a == -1`` or ``r_a == 0`` leaves ``y[t]`` untouched; ``v[t]`` is zero past ``r_a`` and for
+``a == -1``, whatever ``x[t]`` holds (NaN or Inf included): those entries are set, never
+computed, and padding past ``r_a`` is never read. ``N = 0`` (every token ``-1``) works.
 No argument checking happens here beyond what torch itself does.
 """
 
@@ -34,13 +36,12 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _slot_ranks(ranks: Tensor | None, indices: Tensor, max_rank: int) -> Tensor:
-    """Per-token rank r_a (0 for a == -1)."""
+    """Per-token rank r_a (0 for a == -1); reads ranks only at real slots (N may be 0)."""
     idx = indices.long()
-    if ranks is None:
-        r = torch.full_like(idx, max_rank)
-    else:
-        r = ranks.long().to(idx.device)[idx.clamp(min=0)]
-    return torch.where(idx >= 0, r, torch.zeros_like(r))
+    r = torch.zeros_like(idx)
+    valid = idx >= 0
+    r[valid] = max_rank if ranks is None else ranks.long().to(idx.device)[idx[valid]]
+    return r
 
 
 def segments_to_indices(seg_indptr: Tensor, seg_adapter: Tensor) -> Tensor:
@@ -54,10 +55,16 @@ def bgmv_shrink(x: Tensor, lora_a: Tensor, indices: Tensor, ranks: Tensor | None
     acc = _acc_dtype(x.dtype)
     R = lora_a.shape[1]
     idx = indices.long().to(x.device)
-    keep = torch.arange(R, device=x.device)[None, :] < _slot_ranks(ranks, idx, R)[:, None]  # [T, R]
-    # Padding rows are replaced (not multiplied) by zeros, so whatever they hold never matters.
-    weights = torch.where(keep[:, :, None], lora_a[idx.clamp(min=0)].to(acc), 0.0)  # [T, R, H_in]
-    return torch.einsum("tk,trk->tr", x.to(acc), weights)
+    v = torch.zeros(x.shape[0], R, dtype=acc, device=x.device)
+    rows = torch.nonzero(idx >= 0).flatten()
+    if rows.numel() == 0:
+        return v
+    # Every product is computed, then the ones past the rank are replaced (not multiplied) by
+    # zeros: whatever the padding rows or x hold never reaches them, NaN and Inf included.
+    full = torch.einsum("tk,trk->tr", x[rows].to(acc), lora_a[idx[rows]].to(acc))  # [T', R]
+    keep = torch.arange(R, device=x.device)[None, :] < _slot_ranks(ranks, idx, R)[rows, None]
+    v[rows] = torch.where(keep, full, 0.0)
+    return v
 
 
 def bgmv_expand(
@@ -147,9 +154,12 @@ def add_lora_embedding(
     acc = _acc_dtype(y.dtype)
     R = lora_a.shape[1]
     idx = indices.long().to(y.device)
-    cols = lora_a[idx.clamp(min=0), :, token_ids.long().to(y.device)].to(acc)  # [T, R]
-    keep = torch.arange(R, device=y.device)[None, :] < _slot_ranks(ranks, idx, R)[:, None]
-    v = torch.where(keep, cols, 0.0)
+    v = torch.zeros(y.shape[0], R, dtype=acc, device=y.device)
+    rows = torch.nonzero(idx >= 0).flatten()
+    if rows.numel() > 0:
+        cols = lora_a[idx[rows], :, token_ids.long().to(y.device)[rows]].to(acc)  # [T', R]
+        keep = torch.arange(R, device=y.device)[None, :] < _slot_ranks(ranks, idx, R)[rows, None]
+        v[rows] = torch.where(keep, cols, 0.0)
     return bgmv_expand(y, v, lora_b, idx, scaling, ranks)
 
 

@@ -127,12 +127,83 @@ def test_rslora_served_with_plain_scale_fails_parity(dirs):
         assert_rows_match(out_bad, ref, plain, rows, TOL[torch.float64])
 
 
-def test_no_adapter_names_is_the_base_model(dirs):
-    ids = F.input_ids(3, 5)
-    model = MultiLoRAModel(F.tiny_llama(torch.float32), dirs["llama"])
-    assert torch.equal(model(input_ids=ids).logits, F.tiny_llama(torch.float32)(input_ids=ids).logits)
-    all_base = model(input_ids=ids, adapter_names=["__base__"] * 3).logits
-    assert torch.equal(all_base, F.tiny_llama(torch.float32)(input_ids=ids).logits)
+def test_no_adapter_names_serves_the_active_adapter_as_peft(dirs):
+    """Without adapter_names PEFT serves its active adapter on every row: the first one loaded,
+    then whatever set_adapter chose. So do we, for forward and generate."""
+    ads = {n: dirs["llama"][n] for n in ("rs8", "plain", "bias")}  # rs8 first: not slot order by name
+    ids = F.input_ids(3, 5, seed=13)
+    peft = F.peft_model("llama", ads, torch.float64)
+    model = MultiLoRAModel(F.tiny_llama(torch.float64), ads)
+    plain = F.tiny_llama(torch.float64)(input_ids=ids).logits
+    assert model.active_adapter == peft.active_adapter == "rs8"
+    for name in ("rs8", "bias"):
+        if name != "rs8":
+            model.set_adapter(name)
+            peft.set_adapter(name)
+        assert model.active_adapter == peft.active_adapter == name
+        with torch.no_grad():
+            ref = peft(input_ids=ids).logits
+        assert_rows_match(model(input_ids=ids).logits, ref, plain, [name] * 3, TOL[torch.float64])
+        kw = dict(max_new_tokens=4, do_sample=False, pad_token_id=0)
+        with torch.no_grad():
+            ref_tokens = peft.generate(input_ids=ids, **kw)
+        assert torch.equal(model.generate(input_ids=ids, **kw), ref_tokens)
+    model.set_adapter("__base__")
+    assert model.active_adapter is None
+    assert torch.equal(model(input_ids=ids).logits, plain)
+
+
+def test_removing_the_active_adapter_activates_the_first_remaining_name(dirs):
+    """PEFT's delete_adapter makes the first remaining name (sorted) active, with a warning; with
+    none left, calls without adapter_names run the plain base model."""
+    ads = dirs["llama"]
+    ids = F.input_ids(2, 4, seed=14)
+    model = MultiLoRAModel(F.tiny_llama(torch.float64), {n: ads[n] for n in ("rs8", "plain", "bias")})
+    with pytest.warns(UserWarning, match="adapter 'rs8' was the active adapter and is removed; the active adapter is now 'bias'"):
+        model.remove_adapter("rs8")
+    peft = F.peft_model("llama", {n: ads[n] for n in ("rs8", "plain", "bias")}, torch.float64)
+    with pytest.warns(UserWarning):
+        peft.delete_adapter("rs8")
+    assert model.active_adapter == peft.active_adapter == "bias"
+    assert torch.equal(model(input_ids=ids).logits, model(input_ids=ids, adapter_names=["bias", "bias"]).logits)
+    model.remove_adapter("plain")  # not the active one: no change, no warning
+    assert model.active_adapter == "bias"
+    model.remove_adapter("bias")
+    assert model.active_adapter is None
+    assert torch.equal(model(input_ids=ids).logits, F.tiny_llama(torch.float64)(input_ids=ids).logits)
+    model.add_adapter("again", ads["plain"])  # the first adapter of an empty model is active
+    model.add_adapter("other", ads["rs8"])
+    assert model.active_adapter == "again"
+
+
+def test_inference_only_even_in_grad_mode(dirs):
+    """The docstring and README say so: outputs carry no autograd graph, whatever the grad mode."""
+    model = MultiLoRAModel(F.tiny_llama(torch.float32), {"plain": dirs["llama"]["plain"]})
+    assert any(p.requires_grad for p in model.base_model.parameters())
+    with torch.enable_grad():
+        out = model(input_ids=F.input_ids(2, 3), adapter_names=["plain", "__base__"]).logits
+    assert not out.requires_grad and out.grad_fn is None
+    assert "Inference only" in MultiLoRAModel.__doc__
+
+
+def test_set_adapter_refuses_an_unknown_name(dirs):
+    model = MultiLoRAModel(F.tiny_llama(torch.float32), {"plain": dirs["llama"]["plain"]})
+    with pytest.raises(ValueError, match=r"set_adapter: adapter_name must be a loaded adapter or '__base__', got 'nope'; loaded: \['plain'\]"):
+        model.set_adapter("nope")
+    assert model.active_adapter == "plain"
+
+
+def test_wrapping_a_wrapped_base_says_so(dirs):
+    base = F.tiny_llama(torch.float32)
+    MultiLoRAModel(base, {"plain": dirs["llama"]["plain"]})
+    with pytest.raises(ValueError, match=r"base_model is already wrapped by another MultiLoRAModel \(its module 'model.layers.0.self_attn.q_proj' is a LoRALayer of it\)"):
+        MultiLoRAModel(base, {"rs8": dirs["llama"]["rs8"]})
+
+
+def test_wrapping_a_multilora_model_says_so(dirs):
+    inner = MultiLoRAModel(F.tiny_llama(torch.float32))
+    with pytest.raises(TypeError, match="base_model is already a MultiLoRAModel; add adapters to it with add_adapter"):
+        MultiLoRAModel(inner, {"rs8": dirs["llama"]["rs8"]})
 
 
 def test_to_dtype_moves_the_adapters_too(dirs):
@@ -281,7 +352,8 @@ def test_add_and_remove_adapters_at_run_time(dirs):
     ref = F.peft_model("llama", sub, torch.float64)(input_ids=ids, adapter_names=rows).logits
     assert_rows_match(model(input_ids=ids, adapter_names=rows).logits, ref, plain_logits, rows, 1e-10)
 
-    model.remove_adapter("plain")
+    with pytest.warns(UserWarning, match="the active adapter is now 'embhead'"):  # "plain" was active
+        model.remove_adapter("plain")
     with pytest.raises(ValueError, match="unknown adapter name"):
         model(input_ids=ids, adapter_names=rows)
     rows2 = ["embhead", "__base__", "__base__", "patterns"]

@@ -262,6 +262,29 @@ BAD_ADDS = [
         ValueError, r"LoRAPool\.add: lora_bias must have shape \[H_out\] = \[6\], got \[1, 6\]\.",
         id="bias-wrong-shape",
     ),
+    pytest.param(
+        dict(lora_A=A_OK.masked_fill(A_OK > 0.5, math.nan), lora_B=B_OK, scaling=1.0),
+        ValueError,
+        r"LoRAPool\.add: lora_A must hold only finite values, got \d+ NaN or Inf entries",
+        id="A-nan",
+    ),
+    pytest.param(
+        dict(lora_A=A_OK, lora_B=B_OK.index_fill(0, torch.tensor([1]), -math.inf), scaling=1.0),
+        ValueError, r"LoRAPool\.add: lora_B must hold only finite values, got 2 NaN or Inf entries",
+        id="B-inf",
+    ),
+    pytest.param(
+        dict(lora_A=A_OK, lora_B=B_OK, scaling=1.0, lora_bias=torch.tensor([0.0, math.nan, 0, 0, 0, 0])),
+        ValueError, r"LoRAPool\.add: lora_bias must hold only finite values, got 1 NaN or Inf entries",
+        id="bias-nan",
+    ),
+    pytest.param(
+        dict(lora_A=A_OK.double() * 1e300, lora_B=B_OK, scaling=1.0),
+        ValueError,
+        r"LoRAPool\.add: lora_A must fit the pool's dtype torch\.float32 \(largest finite value 3\.40282e\+38\), "
+        r"got a value of magnitude .*e\+300, which would become Inf\.",
+        id="A-overflows-pool-dtype",
+    ),
 ]
 
 

@@ -8,7 +8,6 @@
 #pragma once
 
 #include <cstdint>
-#include <string>
 #include <vector>
 
 #include "lora_kernels/params.h"
@@ -26,15 +25,9 @@ struct Plan {
   std::vector<WorkItem> items;
 };
 
-// Checks every index value (slots in [-1, N), segments well formed) and groups tokens.
-// Returns an empty string on success, else a sentence naming the bad value.
-std::string build_plan(const TokenMap& map, int64_t num_slots, int64_t max_group_tokens, Plan* plan);
-
-// Checks ranks[a] in [0, R] for every slot; empty string on success.
-std::string check_ranks(const IndexVec& ranks, int64_t num_slots, int64_t max_rank);
-
-// Checks 0 <= token_ids[t] < vocab for every token; empty string on success.
-std::string check_token_ids(const IndexVec& token_ids, int64_t num_tokens, int64_t vocab);
+// Groups tokens by slot. The map's values must have passed check_token_map
+// (lora_kernels/checks.h): a slot outside [-1, N) or a malformed segment list is not checked here.
+Plan build_plan(const TokenMap& map, int64_t num_slots, int64_t max_group_tokens);
 
 // Column blocks per work item (rank rows for the shrink, output features for the expand).
 int64_t shrink_column_blocks(const ShrinkParams& p, const Plan& plan);

@@ -1,5 +1,7 @@
 // The ops, written once over a backend (CPU or CUDA): check every argument and index value
-// first, then run. Nothing is written to y unless every check passed.
+// first, then run. Nothing is written to y unless every check passed. A backend provides
+// make_plan (the CPU groups tokens by slot once per call; shrink and expand share it) and
+// shrink / expand / embedding_shrink over that plan.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -38,12 +40,14 @@ template <typename Backend>
 Tensor shrink_op(const char* op, const Tensor& x, const Tensor& lora_a, const OptTensor& indices,
                  const OptTensor& seg_indptr, const OptTensor& seg_adapter, const OptTensor& ranks) {
   typename Backend::Guard guard(x.device());
-  const TokenMap map =
-      make_token_map(op, num_tokens(op, "x", x, "[T, H_in]"), x, "x", indices, seg_indptr, seg_adapter);
+  check_devices(op, arg("x", x),
+                {arg("lora_a", lora_a), arg("indices", indices), arg("seg_indptr", seg_indptr),
+                 arg("seg_adapter", seg_adapter), arg("ranks", ranks)});
+  const TokenMap map = make_token_map(op, num_tokens(op, "x", x, "[T, H_in]"), indices, seg_indptr, seg_adapter);
   Tensor v;
   const ShrinkParams p = prepare_shrink(op, x, lora_a, map, ranks, &v);
   check_index_values<Backend>(op, map, indices, seg_indptr, seg_adapter, ranks, p.num_slots, p.max_rank);
-  Backend::shrink(p);
+  Backend::shrink(p, Backend::make_plan(map, p.num_slots));
   return v;
 }
 
@@ -52,12 +56,19 @@ void expand_op(const char* op, const Tensor& y, const Tensor& v, const Tensor& l
                const OptTensor& seg_indptr, const OptTensor& seg_adapter, const Tensor& scaling,
                const OptTensor& ranks, const OptTensor& lora_bias) {
   typename Backend::Guard guard(y.device());
-  const TokenMap map =
-      make_token_map(op, num_tokens(op, "y", y, "[T, H_out]"), y, "y", indices, seg_indptr, seg_adapter);
+  check_devices(op, arg("y", y),
+                {arg("v", v), arg("lora_b", lora_b), arg("indices", indices), arg("seg_indptr", seg_indptr),
+                 arg("seg_adapter", seg_adapter), arg("scaling", scaling), arg("ranks", ranks),
+                 arg("lora_bias", lora_bias)});
+  const TokenMap map = make_token_map(op, num_tokens(op, "y", y, "[T, H_out]"), indices, seg_indptr, seg_adapter);
   Tensor scaling_acc;
   const ExpandParams p = prepare_expand(op, y, v, lora_b, scaling, lora_bias, map, ranks, &scaling_acc);
+  check_no_overlap(op, y,
+                   {arg("v", v), arg("lora_b", lora_b), arg("indices", indices), arg("seg_indptr", seg_indptr),
+                    arg("seg_adapter", seg_adapter), arg("scaling", scaling), arg("ranks", ranks),
+                    arg("lora_bias", lora_bias)});
   check_index_values<Backend>(op, map, indices, seg_indptr, seg_adapter, ranks, p.num_slots, p.max_rank);
-  Backend::expand(p);
+  Backend::expand(p, Backend::make_plan(map, p.num_slots));
 }
 
 template <typename Backend>
@@ -65,20 +76,29 @@ void add_lora_op(const Tensor& y, const Tensor& x, const Tensor& lora_a, const T
                  const OptTensor& indices, const OptTensor& seg_indptr, const OptTensor& seg_adapter,
                  const OptTensor& ranks, const OptTensor& lora_bias) {
   const char* op = "add_lora";
-  typename Backend::Guard guard(x.device());
+  typename Backend::Guard guard(y.device());
+  check_devices(op, arg("y", y),
+                {arg("x", x), arg("lora_a", lora_a), arg("lora_b", lora_b), arg("scaling", scaling),
+                 arg("indices", indices), arg("seg_indptr", seg_indptr), arg("seg_adapter", seg_adapter),
+                 arg("ranks", ranks), arg("lora_bias", lora_bias)});
   const int64_t T = num_tokens(op, "x", x, "[T, H_in]");
   TORCH_CHECK(num_tokens(op, "y", y, "[T, H_out]") == T, op, ": y must have shape [T, H_out] with T = ", T,
               " (from x), got shape ", y.sizes(), ".");
   check_pair(op, lora_a, lora_b, "[N, H_out, R]");
-  const TokenMap map = make_token_map(op, T, x, "x", indices, seg_indptr, seg_adapter);
+  const TokenMap map = make_token_map(op, T, indices, seg_indptr, seg_adapter);
   Tensor v, scaling_acc;
   const ShrinkParams sp = prepare_shrink(op, x, lora_a, map, ranks, &v);
   TORCH_CHECK(y.scalar_type() == x.scalar_type(), op, ": y must have the same dtype as x (", x.scalar_type(),
               "), got ", y.scalar_type(), ".");
   const ExpandParams ep = prepare_expand(op, y, v, lora_b, scaling, lora_bias, map, ranks, &scaling_acc);
+  check_no_overlap(op, y,
+                   {arg("x", x), arg("lora_a", lora_a), arg("lora_b", lora_b), arg("scaling", scaling),
+                    arg("indices", indices), arg("seg_indptr", seg_indptr), arg("seg_adapter", seg_adapter),
+                    arg("ranks", ranks), arg("lora_bias", lora_bias)});
   check_index_values<Backend>(op, map, indices, seg_indptr, seg_adapter, ranks, sp.num_slots, sp.max_rank);
-  Backend::shrink(sp);
-  Backend::expand(ep);
+  const auto plan = Backend::make_plan(map, sp.num_slots);
+  Backend::shrink(sp, plan);
+  Backend::expand(ep, plan);
 }
 
 template <typename Backend>
@@ -86,16 +106,22 @@ void add_lora_embedding_op(const Tensor& y, const Tensor& token_ids, const Tenso
                            const Tensor& scaling, const Tensor& indices, const OptTensor& ranks) {
   const char* op = "add_lora_embedding";
   typename Backend::Guard guard(y.device());
+  check_devices(op, arg("y", y),
+                {arg("token_ids", token_ids), arg("lora_a", lora_a), arg("lora_b", lora_b), arg("scaling", scaling),
+                 arg("indices", indices), arg("ranks", ranks)});
   check_pair(op, lora_a, lora_b, "[N, dim, R]");
-  const TokenMap map =
-      make_token_map(op, num_tokens(op, "y", y, "[T, dim]"), y, "y", indices, std::nullopt, std::nullopt);
+  const TokenMap map = make_token_map(op, num_tokens(op, "y", y, "[T, dim]"), indices, std::nullopt, std::nullopt);
   Tensor v, scaling_acc;
   const EmbeddingShrinkParams sp = prepare_embedding_shrink(op, y, token_ids, lora_a, map, ranks, &v);
   const ExpandParams ep = prepare_expand(op, y, v, lora_b, scaling, std::nullopt, map, ranks, &scaling_acc);
+  check_no_overlap(op, y,
+                   {arg("token_ids", token_ids), arg("lora_a", lora_a), arg("lora_b", lora_b), arg("scaling", scaling),
+                    arg("indices", indices), arg("ranks", ranks)});
   check_index_values<Backend>(op, map, indices, std::nullopt, std::nullopt, ranks, sp.num_slots, sp.max_rank,
                               token_ids, sp.vocab);
-  Backend::embedding_shrink(sp);
-  Backend::expand(ep);
+  const auto plan = Backend::make_plan(map, sp.num_slots);
+  Backend::embedding_shrink(sp, plan);
+  Backend::expand(ep, plan);
 }
 
 // Registers the six ops for one dispatch key.
@@ -171,30 +197,27 @@ void add_lora_slices_op(const Tensor& y, const Tensor& x, at::TensorList lora_a,
   TORCH_CHECK(y.size(1) == h_out_total, op, ": y must have shape [T, H_out] with H_out = ", h_out_sum, " = ",
               h_out_total, " (the slices' H_out side by side), got shape ", y.sizes(), ".");
 
-  const TokenMap map = make_token_map(op, T, x, "x", indices, seg_indptr, seg_adapter);
+  const TokenMap map = make_token_map(op, T, indices, seg_indptr, seg_adapter);
   std::vector<Tensor> v(n), scaling_acc(n);
   std::vector<ShrinkParams> shrink(n);
   std::vector<ExpandParams> expand(n);
-  SliceValues values;
-  values.op = op;
-  values.map = map;
-  values.indices = indices;
-  values.seg_indptr = seg_indptr;
-  values.seg_adapter = seg_adapter;
-  values.num_slots = num_slots;
+  std::vector<OptTensor> slice_ranks(n);
+  std::vector<int64_t> max_ranks(n);
   int64_t offset = 0;
   for (size_t i = 0; i < n; ++i) {
-    const OptTensor ranks_i = ranks.has_value() ? OptTensor((*ranks)[i]) : std::nullopt;
+    slice_ranks[i] = ranks.has_value() ? OptTensor((*ranks)[i]) : std::nullopt;
     const OptTensor bias_i = lora_bias.has_value() ? OptTensor((*lora_bias)[i]) : std::nullopt;
     const int64_t h_out = lora_b[i].size(1);
-    shrink[i] = prepare_shrink(names[i].c_str(), x, lora_a[i], map, ranks_i, &v[i]);
+    shrink[i] = prepare_shrink(names[i].c_str(), x, lora_a[i], map, slice_ranks[i], &v[i]);
     expand[i] = prepare_expand(names[i].c_str(), y.narrow(1, offset, h_out), v[i], lora_b[i], scaling[i], bias_i,
-                               map, ranks_i, &scaling_acc[i]);
+                               map, slice_ranks[i], &scaling_acc[i]);
     offset += h_out;
-    values.ranks.push_back(ranks_i);
-    values.max_ranks.push_back(shrink[i].max_rank);
+    max_ranks[i] = shrink[i].max_rank;
   }
-  Backend::add_lora_slices(values, shrink, expand);
+  if (Backend::kAlwaysCheckValues || debug_checks_enabled())
+    check_slice_values(op, map, indices, seg_indptr, seg_adapter, slice_ranks, max_ranks, num_slots);
+  // One plan (the CPU's grouping of tokens by slot) for every slice and both phases.
+  Backend::add_lora_slices(shrink, expand, Backend::make_plan(map, num_slots));
 }
 
 template <typename Backend>

@@ -22,20 +22,21 @@ struct CudaBackend {
         : guard(device.is_cuda() ? std::optional<c10::Device>(device) : std::nullopt) {}
     c10::cuda::OptionalCUDAGuard guard;
   };
-  static void shrink(const ShrinkParams& p) { C10_CUDA_CHECK(cuda::launch_shrink(p, current_stream())); }
-  static void expand(const ExpandParams& p) { C10_CUDA_CHECK(cuda::launch_expand(p, current_stream())); }
-  static void embedding_shrink(const EmbeddingShrinkParams& p) {
+  struct Plan {};  // the kernels map tokens to slots themselves
+  static Plan make_plan(const TokenMap&, int64_t) { return {}; }
+  static void shrink(const ShrinkParams& p, const Plan&) { C10_CUDA_CHECK(cuda::launch_shrink(p, current_stream())); }
+  static void expand(const ExpandParams& p, const Plan&) { C10_CUDA_CHECK(cuda::launch_expand(p, current_stream())); }
+  static void embedding_shrink(const EmbeddingShrinkParams& p, const Plan&) {
     C10_CUDA_CHECK(cuda::launch_embedding_shrink(p, current_stream()));
   }
   // FIRST CUT, NOT THE ONE-LAUNCH KERNEL: the existing shrink / expand launchers, called once per
   // slice on y's column views (2 x n launches, each slice grouping its tokens anew). The fused
   // kernels (one launch per phase for every slice) come with issue 9's CUDA work, once the CPU
   // executor for the CUDA sources can verify them. Still no host sync: graph capturable.
-  static void add_lora_slices(const SliceValues& values, const std::vector<ShrinkParams>& sp,
-                              const std::vector<ExpandParams>& ep) {
-    if (debug_checks_enabled()) check_slice_values(values, 0, nullptr);
-    for (const ShrinkParams& p : sp) shrink(p);
-    for (const ExpandParams& p : ep) expand(p);
+  static void add_lora_slices(const std::vector<ShrinkParams>& sp, const std::vector<ExpandParams>& ep,
+                              const Plan& plan) {
+    for (const ShrinkParams& p : sp) shrink(p, plan);
+    for (const ExpandParams& p : ep) expand(p, plan);
   }
 };
 

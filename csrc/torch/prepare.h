@@ -4,15 +4,11 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <initializer_list>
 #include <optional>
-#include <string>
 #include <vector>
 
 #include "lora_kernels/params.h"
-
-namespace lora_kernels::cpu {
-struct Plan;
-}
 
 namespace lora_kernels::binding {
 
@@ -22,9 +18,28 @@ using OptTensor = std::optional<Tensor>;
 // Accumulator / v dtype for an activation dtype: float32, or float64 for float64.
 at::ScalarType acc_dtype(at::ScalarType dtype);
 
-// Per-token indices, or segments, checked against T and the device of `ref`.
-TokenMap make_token_map(const char* op, int64_t num_tokens, const Tensor& ref, const char* ref_name,
-                        const OptTensor& indices, const OptTensor& seg_indptr, const OptTensor& seg_adapter);
+// One tensor argument of an op, by name; `tensor` is null for an optional argument not given.
+struct Arg {
+  const char* name;
+  const Tensor* tensor;
+};
+inline Arg arg(const char* name, const Tensor& t) { return {name, &t}; }
+inline Arg arg(const char* name, const OptTensor& t) { return {name, t.has_value() ? &*t : nullptr}; }
+
+// Every tensor argument must be on the device of the op's lead tensor (y for the ops that
+// write y, x for the shrinks). Checked first: a call that mixes devices is refused by name
+// before any shape or value check reads it.
+void check_devices(const char* op, const Arg& lead, std::initializer_list<Arg> args);
+
+// The output y (2-D, unit column stride: checked before) must not write one memory location
+// from two rows, and no input may share memory with it: the result would depend on the order
+// the kernels visit rows and columns. Row-strided views of a wider tensor (a column slice of a
+// fused qkv output) are fine, and so are inputs in other column slices of the same tensor.
+void check_no_overlap(const char* op, const Tensor& y, std::initializer_list<Arg> inputs);
+
+// Per-token indices, or segments, checked against T (devices are checked by check_devices).
+TokenMap make_token_map(const char* op, int64_t num_tokens, const OptTensor& indices, const OptTensor& seg_indptr,
+                        const OptTensor& seg_adapter);
 
 // Checks the values of indices / segments / ranks (and token ids) on the host. CPU tensors are
 // read in place; device tensors are copied (only done on CUDA under LORA_KERNELS_DEBUG=1).
@@ -50,19 +65,10 @@ EmbeddingShrinkParams prepare_embedding_shrink(const char* op, const Tensor& y, 
                                                const Tensor& lora_a, const TokenMap& map, const OptTensor& ranks,
                                                Tensor* v);
 
-// add_lora_slices: what its value checks need (the token map once, the ranks of every slice).
-struct SliceValues {
-  const char* op = nullptr;
-  TokenMap map;
-  OptTensor indices, seg_indptr, seg_adapter;
-  std::vector<OptTensor> ranks;     // per slice
-  std::vector<int64_t> max_ranks;   // R_i per slice
-  int64_t num_slots = 0;            // N, the same for every slice
-};
-
-// Checks the index values once and each slice's ranks (ranks[i] against R_i) on the host.
-// The grouping of tokens by slot that the check builds goes to `plan` when given (work items of
-// at most `group_tokens` tokens), so the CPU executor builds it once for every slice and phase.
-void check_slice_values(const SliceValues& s, int64_t group_tokens, cpu::Plan* plan);
+// add_lora_slices' value checks: the token map once (as check_values, named after `op`), then
+// each slice's ranks[i] against its R_i = max_ranks[i], named "op (slice i)".
+void check_slice_values(const char* op, const TokenMap& map, const OptTensor& indices, const OptTensor& seg_indptr,
+                        const OptTensor& seg_adapter, const std::vector<OptTensor>& ranks,
+                        const std::vector<int64_t>& max_ranks, int64_t num_slots);
 
 }  // namespace lora_kernels::binding

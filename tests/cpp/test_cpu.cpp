@@ -6,6 +6,7 @@
 #include <string>
 
 #include "lora_cpu.h"
+#include "lora_kernels/checks.h"
 #include "lora_kernels/numeric.h"
 #include "naive.h"
 
@@ -77,9 +78,9 @@ void check_add_lora(DType dtype, bool segments, int64_t T_, int64_t H_in, int64_
   ep.scaling = scaling.data(), ep.lora_bias = bias.data(), ep.ranks = ranks, ep.num_slots = N, ep.max_rank = R;
   ep.h_out = H_out, ep.dtype = dtype, ep.map = map;
 
-  cpu::Plan plan;
-  const std::string error = cpu::build_plan(map, N, group_tokens, &plan);
-  EXPECT(error.empty(), "build_plan: %s", error.c_str());
+  const std::string error = check_token_map(map, N);
+  EXPECT(error.empty(), "check_token_map: %s", error.c_str());
+  const cpu::Plan plan = cpu::build_plan(map, N, group_tokens);
   cpu::shrink(sp, plan, 0, static_cast<int64_t>(plan.items.size()) * cpu::shrink_column_blocks(sp, plan));
   cpu::expand(ep, plan, 0, static_cast<int64_t>(plan.items.size()) * cpu::expand_column_blocks(ep));
 
@@ -131,13 +132,12 @@ void test_conversions() {
   EXPECT(std::isnan(to_float(bfloat16_from_float(NAN))), "bf16 NaN");
 }
 
-void test_plan_errors() {
+void test_value_checks() {
   std::vector<int32_t> idx{0, 3, -1};
   TokenMap map;
   map.num_tokens = 3;
   map.indices = IndexVec{idx.data(), false, true};
-  cpu::Plan plan;
-  std::string e = cpu::build_plan(map, 3, 8, &plan);
+  std::string e = check_token_map(map, 3);
   EXPECT(e == "indices[1] = 3 is out of range; expected -1 <= indices[t] < N = 3.", "%s", e.c_str());
   std::vector<int64_t> indptr{0, 2, 1, 3};
   std::vector<int64_t> adapter{0, 1, 2};
@@ -146,10 +146,10 @@ void test_plan_errors() {
   seg.num_segments = 3;
   seg.seg_indptr = IndexVec{indptr.data(), true, true};
   seg.seg_adapter = IndexVec{adapter.data(), true, true};
-  e = cpu::build_plan(seg, 3, 8, &plan);
+  e = check_token_map(seg, 3);
   EXPECT(e.find("non-decreasing") != std::string::npos, "%s", e.c_str());
   std::vector<int32_t> ranks{1, 9};
-  e = cpu::check_ranks(IndexVec{ranks.data(), false, true}, 2, 8);
+  e = check_ranks(IndexVec{ranks.data(), false, true}, 2, 8);
   EXPECT(e == "ranks[1] = 9 is out of range; expected 0 <= ranks[a] <= R = 8.", "%s", e.c_str());
 }
 
@@ -192,9 +192,9 @@ void test_slices(int64_t T_, int64_t R0, int64_t R1, int64_t group_tokens, bool 
     ep_each[i].y = y_each.data() + offset, ep_each[i].v = v_each[i].data();
     offset += widths[i];
   }
-  cpu::Plan plan;
-  const std::string error = cpu::build_plan(map, N, group_tokens, &plan);
-  EXPECT(error.empty(), "build_plan: %s", error.c_str());
+  const std::string error = check_token_map(map, N);
+  EXPECT(error.empty(), "check_token_map: %s", error.c_str());
+  const cpu::Plan plan = cpu::build_plan(map, N, group_tokens);
   const cpu::SliceUnits su = cpu::shrink_slice_units(sp, 2, plan, allow_fused);
   const cpu::SliceUnits eu = cpu::expand_slice_units(ep, 2, plan);
   EXPECT(su.fused == expect_fused, "T=%lld R=%lld,%lld: fused shrink %d, expected %d", (long long)T_, (long long)R0,
@@ -215,7 +215,7 @@ void test_slices(int64_t T_, int64_t R0, int64_t R1, int64_t group_tokens, bool 
 
 int main() {
   test_conversions();
-  test_plan_errors();
+  test_value_checks();
   test_slices(23, 5, 2, 4, true, false);     // rank 5 splits into row blocks: units per slice
   test_slices(23, 4, 3, 4, true, true);      // whole ranks per unit: one unit per item, dot products
   test_slices(23, 4, 3, 4, false, false);

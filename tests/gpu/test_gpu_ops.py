@@ -130,9 +130,9 @@ def test_debug_switch_checks_index_values(monkeypatch):
 
 def test_device_mismatch_is_named():
     case = make_case(T=4, H_in=8, H_out=8, N=2, R=4, device="cuda")
-    with pytest.raises(RuntimeError, match=r"add_lora: indices must be on the same device as x \(cuda:0\), got cpu"):
+    with pytest.raises(RuntimeError, match=r"add_lora: indices must be on the same device as y \(cuda:0\), got cpu"):
         lk.add_lora(case.y, case.x, case.lora_a, case.lora_b, case.scaling, case.indices.cpu())
-    with pytest.raises(RuntimeError, match=r"lora_a must be on the same device as x \(cuda:0\), got cpu"):
+    with pytest.raises(RuntimeError, match=r"lora_a must be on the same device as y \(cuda:0\), got cpu"):
         lk.add_lora(case.y, case.x, case.lora_a.cpu(), case.lora_b, case.scaling, case.indices)
-    with pytest.raises(RuntimeError, match=r"lora_a must be on the same device as x \(cpu\), got cuda:0"):
+    with pytest.raises(RuntimeError, match=r"lora_a must be on the same device as y \(cpu\), got cuda:0"):
         lk.add_lora(case.y.cpu(), case.x.cpu(), case.lora_a, case.lora_b.cpu(), case.scaling.cpu(), case.indices.cpu())
