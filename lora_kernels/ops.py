@@ -450,20 +450,47 @@ def _add_lora_slices_fake(
     y, x, lora_a, lora_b, scaling, indices=None, *, seg_indptr=None, seg_adapter=None, ranks=None, lora_bias=None
 ):
     op = "add_lora_slices"
+    c = _FakeChecks(op)
+
+    def each(name, items):  # a per-slice list's tensors, named like lora_a[1]
+        return {} if items is None else {f"{name}[{i}]": t for i, t in enumerate(items)}
+
+    c.devices("y", y, x=x, **each("lora_a", lora_a), **each("lora_b", lora_b), **each("scaling", scaling),
+              indices=indices, seg_indptr=seg_indptr, seg_adapter=seg_adapter, **each("ranks", ranks),
+              **each("lora_bias", lora_bias))
+    T = c.num_tokens("x", x, "[T, H_in]")
+    y_tokens = c.num_tokens("y", y, "[T, H_out]")
+    c.require(y_tokens == T, lambda: f"y must have shape [T, H_out] with T = {T} (from x), got shape {_shape(y)}.")
+    c.require(y.dtype == x.dtype, lambda: f"y must have the same dtype as x ({_dt(x.dtype)}), got {_dt(y.dtype)}.")
     n = len(lora_a)
-    torch._check(n > 0, lambda: f"{op}: lora_a must be a list of at least one slice's [N, R, H_in] stack, "
-                 "got an empty list.")
+    c.require(n > 0, lambda: "lora_a must be a list of at least one slice's [N, R, H_in] stack, got an empty list.")
     for name, given in (("lora_b", lora_b), ("scaling", scaling), ("ranks", ranks), ("lora_bias", lora_bias)):
         if given is not None:
-            torch._check(len(given) == n, lambda: f"{op}: {name} must be a list of {n} tensors (one per slice, "
-                         f"as lora_a), got {len(given)}.")
-    for a, b in zip(lora_a, lora_b):
-        torch._check(a.dim() == 3 and b.dim() == 3,
-                     lambda: f"{op}: lora_a and lora_b must be 3-D, got {a.dim()}-D and {b.dim()}-D.")
+            c.require(len(given) == n,
+                      lambda: f"{name} must be a list of {n} tensors (one per slice, as lora_a), got {len(given)}.")
+    slices = [_FakeChecks(f"{op} (slice {i})") for i in range(n)]
+    N = None  # from lora_a[0], once the first pair is checked
+    for i, s in enumerate(slices):
+        s.pair(lora_a[i], lora_b[i], "[N, H_out, R]")
+        if i == 0:
+            N = lora_a[0].shape[0]
+        c.require(lora_a[i].shape[0] == N,
+                  lambda: f"every slice must have the same number of slots N = {N} (from lora_a[0]), "
+                  f"got lora_a[{i}] with shape {_shape(lora_a[i])}.")
+        if lora_bias is not None:
+            bias, h_out = lora_bias[i], lora_b[i].shape[1]
+            s.require(bias.dim() == 2 and bias.shape[0] == N and bias.shape[1] == h_out,
+                      lambda: f"lora_bias must have shape [N, H_out] with N = {N} and H_out = {h_out} "
+                      f"(from lora_b), got shape {_shape(bias)}.")
     widths = [b.shape[1] for b in lora_b]
-    torch._check(
-        y.shape[1] == sum(widths),
-        lambda: f"{op}: y must have shape [T, H_out] with H_out = {' + '.join(map(str, widths))} = {sum(widths)} "
-        f"(the slices' H_out side by side), got shape {list(y.shape)}.",
-    )
-    return None
+    c.require(y.shape[1] == sum(widths),
+              lambda: f"y must have shape [T, H_out] with H_out = {' + '.join(map(str, widths))} = {sum(widths)} "
+              f"(the slices' H_out side by side), got shape {_shape(y)}.")
+    c.token_map(T, indices, seg_indptr, seg_adapter)
+    offset = 0
+    for i, s in enumerate(slices):
+        ranks_i = None if ranks is None else ranks[i]
+        s.shrink(x, lora_a[i], ranks_i)
+        s.expand(y[:, offset : offset + widths[i]], None, lora_b[i], scaling[i],
+                 None if lora_bias is None else lora_bias[i], ranks_i)
+        offset += widths[i]

@@ -1,6 +1,8 @@
 """add_lora_slices: every argument check raises a sentence naming the argument (and the slice),
 the expected and the actual value, and leaves y untouched (DESIGN §5). One test per message."""
 
+import re
+
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -30,11 +32,29 @@ def replaced(items, i, value):
     return items
 
 
-def expect_error(case, message, **over):
+def on_meta(value):
+    """A tensor's (or a list's) meta twin, strides kept: a call with it runs the fake impl."""
+    if isinstance(value, list):
+        return [on_meta(t) for t in value]
+    if not isinstance(value, torch.Tensor):
+        return value
+    return torch.empty_strided(value.shape, value.stride(), dtype=value.dtype, device="meta")
+
+
+def expect_error(case, message, values=False, **over):
+    """C++ refuses the call with `message`, y untouched; so does the fake impl (what torch.compile
+    traces), with every tensor on the meta device, unless the message is about index values
+    (only the kernels' hosts see those)."""
     y_before = case.y.clone()
     with pytest.raises(RuntimeError, match=message):
         call(case, **over)
     assert torch.equal(case.y, y_before), "y was written before the error"
+    if not values:
+        meta = dict(y=case.y, x=case.x, lora_a=case.lora_a, lora_b=case.lora_b, scaling=case.scaling,
+                    indices=case.indices, ranks=case.ranks, lora_bias=case.lora_bias)
+        meta.update(over)
+        with pytest.raises(RuntimeError, match=message):
+            call(case, **{k: on_meta(v) for k, v in meta.items()})
 
 
 BAD_ARGUMENTS = {
@@ -111,10 +131,13 @@ BAD_ARGUMENTS = {
 }
 
 
+VALUE_ERRORS = {"ranks-value", "indices-value", "segments-first", "seg_adapter-value"}
+
+
 @pytest.mark.parametrize("name", BAD_ARGUMENTS)
 def test_bad_argument(case, name):
     make, message = BAD_ARGUMENTS[name]
-    expect_error(case, message, **make(case))
+    expect_error(case, message, values=name in VALUE_ERRORS, **make(case))
 
 
 def test_lone_tensor_for_a_list_is_refused(case):
@@ -134,8 +157,33 @@ def test_none_inside_a_list_is_refused(case):
 
 def test_a_later_slice_error_writes_no_earlier_slice(case):
     """Every slice is checked before any slice runs: a bad rank in the last slice leaves y as it was."""
-    expect_error(case, r"add_lora_slices \(slice 2\): ranks\[0\] = 9 is out of range",
+    expect_error(case, r"add_lora_slices \(slice 2\): ranks\[0\] = 9 is out of range", values=True,
                  ranks=replaced(case.ranks, 2, torch.tensor([9, 0, 0], dtype=torch.int32)))
+
+
+def test_an_input_of_one_slice_over_another_slices_columns_is_refused(case):
+    """The overlap rule holds over y as a whole: slice 2's scaling laid over slice 0's columns of y
+    is refused by name, though it shares nothing with slice 2's own columns."""
+    store = torch.randn(6 * 11)
+    y = store.view(6, 11)  # slices of widths 5, 3, 3
+    before = store.clone()
+    with pytest.raises(RuntimeError, match=re.escape(
+            "add_lora_slices: scaling[2] must not share memory with the output y, but it does; pass a copy "
+            "(scaling[2].clone()).")):
+        call(case, y=y, scaling=replaced(case.scaling, 2, y[1, 1:4]))
+    assert torch.equal(store, before)
+
+
+def test_inputs_beside_y_in_one_tensor_are_fine(case):
+    """x in the columns next to y in one buffer (a fused layer's output) shares no memory with
+    it: accepted, and the result is the reference's."""
+    fused = torch.randn(6, 11 + 8)
+    fused[:, 11:] = case.x
+    y, x = fused[:, :11], fused[:, 11:]
+    expected = lk.reference.add_lora_slices(y.clone(), case.x, case.lora_a, case.lora_b, case.scaling, case.indices,
+                                            ranks=case.ranks, lora_bias=case.lora_bias)
+    call(case, y=y, x=x)
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_fake_impl_names_the_widths(case):

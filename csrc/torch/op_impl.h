@@ -7,6 +7,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <deque>
 #include <string>
 #include <vector>
 
@@ -148,6 +149,28 @@ void register_ops(torch::Library& m) {
   m.impl("add_lora_embedding", &add_lora_embedding_op<Backend>);
 }
 
+// The tensor arguments of add_lora_slices but y, in schema order, each element of a per-slice
+// list named like "lora_a[1]": what the device and overlap checks walk.
+class SliceArgs {
+ public:
+  void add(const char* name, const Tensor& t) { args_.push_back(arg(name, t)); }
+  void add(const char* name, const OptTensor& t) { args_.push_back(arg(name, t)); }
+  void add(const char* name, at::TensorList list) {
+    for (size_t i = 0; i < list.size(); ++i) {
+      names_.push_back(std::string(name) + "[" + std::to_string(i) + "]");  // a deque: c_str() stays put
+      args_.push_back(arg(names_.back().c_str(), list[i]));
+    }
+  }
+  void add(const char* name, const std::optional<at::TensorList>& list) {
+    if (list.has_value()) add(name, *list);
+  }
+  const std::vector<Arg>& args() const { return args_; }
+
+ private:
+  std::deque<std::string> names_;
+  std::vector<Arg> args_;
+};
+
 // add_lora_slices: n slices side by side in y's columns. Slice i is add_lora on the column view
 // y[:, o_i : o_i + H_out_i] (o_i = the earlier slices' H_out summed) with lora_a[i], lora_b[i],
 // scaling[i], ranks[i], lora_bias[i]; every slice shares x and the token map. Every argument of
@@ -158,7 +181,18 @@ void add_lora_slices_op(const Tensor& y, const Tensor& x, at::TensorList lora_a,
                         const OptTensor& seg_adapter, std::optional<at::TensorList> ranks,
                         std::optional<at::TensorList> lora_bias) {
   const char* op = "add_lora_slices";
-  typename Backend::Guard guard(x.device());
+  typename Backend::Guard guard(y.device());
+  SliceArgs inputs;  // every tensor but y, of every slice
+  inputs.add("x", x);
+  inputs.add("lora_a", lora_a);
+  inputs.add("lora_b", lora_b);
+  inputs.add("scaling", scaling);
+  inputs.add("indices", indices);
+  inputs.add("seg_indptr", seg_indptr);
+  inputs.add("seg_adapter", seg_adapter);
+  inputs.add("ranks", ranks);
+  inputs.add("lora_bias", lora_bias);
+  check_devices(op, arg("y", y), inputs.args());
   const int64_t T = num_tokens(op, "x", x, "[T, H_in]");
   TORCH_CHECK(num_tokens(op, "y", y, "[T, H_out]") == T, op, ": y must have shape [T, H_out] with T = ", T,
               " (from x), got shape ", y.sizes(), ".");
@@ -214,6 +248,8 @@ void add_lora_slices_op(const Tensor& y, const Tensor& x, at::TensorList lora_a,
     offset += h_out;
     max_ranks[i] = shrink[i].max_rank;
   }
+  // y as a whole: an input of one slice must not share memory with another slice's columns either.
+  check_no_overlap(op, y, inputs.args());
   if (Backend::kAlwaysCheckValues || debug_checks_enabled())
     check_slice_values(op, map, indices, seg_indptr, seg_adapter, slice_ranks, max_ranks, num_slots);
   // One plan (the CPU's grouping of tokens by slot) for every slice and both phases.

@@ -59,21 +59,29 @@ struct CpuBackend {
 
 // Autograd key, every op: under grad mode, an argument that requires grad is refused by name
 // (the ops have no derivative: without this, torch's fallback returns results that fail only
-// later, in backward, with a message about something else). Otherwise the call goes on to the
-// backend kernel, as torch's own fallback would send it.
+// later, in backward, with a message about something else); an element of a list argument
+// (add_lora_slices' per-slice tensors) is named like lora_a[1]. Otherwise the call goes on to
+// the backend kernel, as torch's own fallback would send it.
 void inference_only(const c10::OperatorHandle& op, c10::DispatchKeySet keys, torch::jit::Stack* stack) {
   if (c10::GradMode::is_enabled()) {
     const auto& args = op.schema().arguments();
     const size_t first = stack->size() - args.size();
-    for (size_t i = 0; i < args.size(); ++i) {
-      const c10::IValue& value = (*stack)[first + i];
-      if (!value.isTensor() || !value.toTensor().requires_grad()) continue;
+    auto refuse = [&](const std::string& arg_name) {
       std::string name = op.schema().name();
       name = name.substr(name.find("::") + 2);
-      TORCH_CHECK(false, name, ": ", args[i].name(),
+      TORCH_CHECK(false, name, ": ", arg_name,
                   " requires grad, but the lora_kernels ops are inference-only (no autograd); call them under "
                   "torch.no_grad() or torch.inference_mode(), or pass ",
-                  args[i].name(), ".detach().");
+                  arg_name, ".detach().");
+    };
+    for (size_t i = 0; i < args.size(); ++i) {
+      const c10::IValue& value = (*stack)[first + i];
+      if (value.isTensor() && value.toTensor().requires_grad()) refuse(args[i].name());
+      if (!value.isList()) continue;
+      const auto items = value.toListRef();
+      for (size_t j = 0; j < items.size(); ++j)
+        if (items[j].isTensor() && items[j].toTensor().requires_grad())
+          refuse(args[i].name() + "[" + std::to_string(j) + "]");
     }
   }
   op.redispatchBoxed(keys & c10::after_autograd_keyset, stack);
@@ -110,6 +118,7 @@ TORCH_LIBRARY_IMPL(lora_kernels, CPU, m) {
 
 TORCH_LIBRARY_IMPL(lora_kernels, Autograd, m) {
   for (const char* name :
-       {"bgmv_shrink", "sgmv_shrink", "bgmv_expand", "sgmv_expand", "add_lora", "add_lora_embedding"})
+       {"bgmv_shrink", "sgmv_shrink", "bgmv_expand", "sgmv_expand", "add_lora", "add_lora_embedding",
+        "add_lora_slices"})
     m.impl(name, torch::CppFunction::makeFromBoxedFunction<&lora_kernels::binding::inference_only>());
 }

@@ -134,12 +134,12 @@ bool debug_checks_enabled() {
   return v != nullptr && v[0] != '\0' && std::string(v) != "0";
 }
 
-void check_devices(const char* op, const Arg& lead, std::initializer_list<Arg> args) {
+void check_devices(const char* op, const Arg& lead, const std::vector<Arg>& args) {
   for (const Arg& a : args)
     if (a.tensor != nullptr) check_device(op, a.name, *a.tensor, *lead.tensor, lead.name);
 }
 
-void check_no_overlap(const char* op, const Tensor& y, std::initializer_list<Arg> inputs) {
+void check_no_overlap(const char* op, const Tensor& y, const std::vector<Arg>& inputs) {
   const int64_t T = y.size(0), H = y.size(1);
   TORCH_CHECK(T <= 1 || H == 0 || y.stride(0) >= H, op, ": y must have rows that do not share memory (row stride >= ",
               "H_out = ", H, "), got shape ", shape_str(y), " with strides ", y.strides(),

@@ -103,8 +103,8 @@ def test_debug_switch_checks_every_slice(monkeypatch):
 def test_device_mismatch_is_named():
     case = make_slice_case(T=4, H_in=8, widths=(8, 4), N=2, max_ranks=(4, 2), device="cuda")
     lora_b = [case.lora_b[0], case.lora_b[1].cpu()]
-    with pytest.raises(RuntimeError, match=r"add_lora_slices \(slice 1\): lora_b must be on the same device as y "
-                                           r"\(cuda:0\), got cpu"):
+    with pytest.raises(RuntimeError, match=r"add_lora_slices: lora_b\[1\] must be on the same device as y "
+                                           r"\(cuda:0\), got cpu\."):
         lk.add_lora_slices(case.y, case.x, case.lora_a, lora_b, case.scaling, case.indices, ranks=case.ranks)
 
 
