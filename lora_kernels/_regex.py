@@ -9,12 +9,12 @@ and run by RE2 (``google-re2``), whose matching time is linear in the text. Cons
 not have (backreferences, lookaround, conditional and atomic groups, possessive quantifiers,
 repetition counts above 1000) are refused by name.
 
-On text made of printable ASCII characters without a newline (every module name of a real
-model), the RE2 program matches exactly the strings Python's ``re`` matches, with the same
-groups: RE2 follows Perl's leftmost-first rules, the parse tree is Python's, and the only
-differences between the engines (``$`` before a trailing newline, Unicode ``\\d \\w \\s \\b``
-and case folding, RE2's ``\\s`` lacking ``\\v``) need other characters. :func:`check_text`
-refuses other text.
+On non-empty text made of printable ASCII characters (every module name of a real model), the
+RE2 program matches exactly the strings Python's ``re`` matches, with the same groups: RE2
+follows Perl's leftmost-first rules, the parse tree is Python's, and the only differences
+between the engines (``$`` before a trailing newline, Unicode ``\\d \\w \\s \\b`` and case
+folding, RE2's ``\\s`` lacking ``\\v``, ``\\B`` on the empty text) need other text.
+:func:`check_text` refuses other text.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import re
 
 import re2
 
-__all__ = ["RegexError", "compile_python_regex", "check_text", "RE2_MAX_REPEAT"]
+__all__ = ["RegexError", "translate", "Program", "compile_python_regex", "check_text", "RE2_MAX_REPEAT"]
 
 RE2_MAX_REPEAT = 1000  # RE2's largest repetition count ({n,m} with n, m <= 1000)
 
@@ -180,16 +180,20 @@ class _Writer:
         raise RegexError(f"it uses the anchor {name}, which is not translated")  # pragma: no cover
 
 
-_OPTIONS = re2.Options()
-_OPTIONS.log_errors = False
+def _options(capture: bool, max_mem: int = 8 << 20):
+    options = re2.Options()
+    options.log_errors = False
+    options.never_capture = not capture
+    options.max_mem = max_mem
+    return options
 
 
 @functools.lru_cache(maxsize=4096)
-def compile_python_regex(pattern: str):
-    """The RE2 program that matches what ``re.compile(pattern)`` matches (see the module doc).
+def translate(pattern: str) -> str:
+    """``pattern`` (Python syntax) rewritten in RE2's syntax, from Python's own parse tree.
 
     Raises :class:`RegexError` (a ``ValueError``) saying why when Python's ``re`` rejects the
-    pattern, or it uses a construct RE2 lacks, or RE2 refuses it (too large a program).
+    pattern or it uses a construct RE2 lacks.
     """
     try:
         tree = _parser.parse(pattern, 0)
@@ -200,17 +204,62 @@ def compile_python_regex(pattern: str):
     state = getattr(tree, "state", None) or getattr(tree, "pattern")
     names = {index: name for name, index in state.groupdict.items()}
     try:
-        text = _Writer(names).seq(tree, state.flags)
+        return _Writer(names).seq(tree, state.flags)
     except RecursionError:
         raise RegexError("it nests groups too deeply to translate") from None
-    try:
-        return re2.compile(text, _OPTIONS)
-    except re2.error as exc:
-        reason = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else str(exc)
-        raise RegexError(f"the linear-time engine (RE2) refuses it ({reason})") from None
+
+
+def _reason(exc: Exception) -> str:
+    arg = exc.args[0] if exc.args else exc
+    return arg.decode() if isinstance(arg, bytes) else str(arg)
+
+
+class Program:
+    """One translated pattern, run by RE2; ``text`` must pass :func:`check_text`."""
+
+    __slots__ = ("pattern", "_re", "_groups")
+
+    def __init__(self, pattern: str, capture: bool = False) -> None:
+        self.pattern = pattern
+        regexp = re2._re2.RE2(translate(pattern).encode(), _options(capture))
+        if not regexp.ok():
+            raise RegexError(f"the linear-time engine (RE2) refuses it ({_reason(re2.error(regexp.error()))})")
+        self._re = regexp
+        self._groups = {n.decode(): i for n, i in regexp.NamedCapturingGroups()} if capture else {}
+
+    def _spans(self, anchor, text: str):
+        data = text.encode()
+        return self._re.Match(anchor, data, 0, len(data))
+
+    def match(self, text: str) -> bool:
+        """``re.match(pattern, text) is not None``."""
+        return self._spans(re2._Anchor.ANCHOR_START, text)[0][0] != -1
+
+    def fullmatch(self, text: str) -> bool:
+        """``re.fullmatch(pattern, text) is not None``."""
+        return self._spans(re2._Anchor.ANCHOR_BOTH, text)[0][0] != -1
+
+    def match_group(self, text: str, name: str) -> str | None:
+        """``re.match(pattern, text).group(name)``, or None without a match."""
+        spans = self._spans(re2._Anchor.ANCHOR_START, text)
+        if spans[0][0] == -1:
+            return None
+        lo, hi = spans[self._groups[name]]
+        return None if lo == -1 else text[lo:hi]
+
+
+@functools.lru_cache(maxsize=4096)
+def compile_python_regex(pattern: str, capture: bool = False) -> Program:
+    """The RE2 program that matches what ``re.compile(pattern)`` matches (see the module doc).
+
+    Raises :class:`RegexError` (a ``ValueError``) saying why when Python's ``re`` rejects the
+    pattern, or it uses a construct RE2 lacks, or RE2 refuses it (too large a program).
+    """
+    return Program(pattern, capture)
 
 
 def check_text(text: str) -> bool:
-    """True when ``text`` is made of printable ASCII characters only (the matches are exactly
-    Python's on such text)."""
-    return text.isascii() and text.isprintable()
+    """True when ``text`` is non-empty and made of printable ASCII characters only (the matches
+    are exactly Python's on such text; on the empty text Python's ``\\B`` never matches and
+    RE2's does)."""
+    return bool(text) and text.isascii() and text.isprintable()

@@ -38,6 +38,7 @@ import math
 import numbers
 import os
 import re
+import functools
 import reprlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -70,9 +71,11 @@ __all__ = [
     "KEY_PREFIX",
     "MAX_CONFIG_BYTES",
     "MAX_PATTERN_KEYS",
+    "MAX_REGEX_KEYS",
     "MAX_PATTERN_LENGTH",
     "MAX_NAME_LENGTH",
     "MAX_INT_DIGITS",
+    "MAX_PATTERN_MATCHES",
 ]
 
 CONFIG_NAME = "adapter_config.json"
@@ -86,9 +89,14 @@ KEY_PREFIX = "base_model.model."  # PEFT's prefix of every saved tensor key
 # most a few hundred characters, and module names of about 100 characters.
 MAX_CONFIG_BYTES = 16 * 1024 * 1024  # bytes of adapter_config.json
 MAX_PATTERN_KEYS = 10_000  # keys of rank_pattern, of alpha_pattern (each)
+MAX_REGEX_KEYS = 1_000  # of which keys with regex syntax (beyond letters, digits, "_", "-", ".")
 MAX_PATTERN_LENGTH = 16_384  # characters of one pattern key / target / exclude / layers_pattern entry
 MAX_NAME_LENGTH = 4_096  # characters of a module name (from a tensor key)
 MAX_INT_DIGITS = 100  # digits of an integer in the config
+# Matching a rank_pattern / alpha_pattern to the adapter's modules: (regex keys + groups of
+# plain keys) x modules, each a dict lookup or one RE2 run (about 1 us). A real per-module
+# pattern of a huge model (50k modules, keys that are module names) needs about 20 groups.
+MAX_PATTERN_MATCHES = 2_000_000
 
 
 class PeftAdapterError(ValueError):
@@ -356,19 +364,88 @@ def compile_pattern_key(key: Any, field: str = "pattern"):
         raise PeftAdapterError(f"{field} key {_short(key)} cannot be matched: {exc}.") from None
 
 
-def _compile_field_regex(pattern: str, field: str):
+def _compile_field_regex(pattern: str, field: str, capture: bool = False):
     """A whole regex given by a config field (target_modules / exclude_modules strings,
     layers_pattern), as RE2; PeftAdapterError naming the field when it cannot be."""
     try:
-        return _regex.compile_python_regex(pattern)
+        return _regex.compile_python_regex(pattern, capture)
     except _regex.RegexError as exc:
         raise PeftAdapterError(f"{field}: {exc}.") from None
+
+
+# A key made of these characters only is a fixed-length regex: letters, digits, "_" and "-"
+# match themselves and "." any character (every name matched is printable ASCII).
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_.\-]+")
+
+
+def _is_plain_key(key: Any) -> bool:
+    return isinstance(key, str) and len(key) <= MAX_PATTERN_LENGTH and _PLAIN_KEY.fullmatch(key) is not None
+
+
+def _dot_suffixes(name: str) -> Iterable[str]:
+    """``name`` and every part of it after a ".": the strings ``(.*\\.)?`` leaves to the key."""
+    yield name
+    start = name.find(".")
+    while start != -1:
+        yield name[start + 1 :]
+        start = name.find(".", start + 1)
+
+
+class _KeyMatcher:
+    """PEFT's first-matching-key rule for one rank_pattern / alpha_pattern (its keys in order).
+
+    A plain key (``_PLAIN_KEY``: most real keys are module names) matches ``name`` when one of
+    name's dot-suffixes has the key's length and equals the key outside the key's "." positions;
+    plain keys are grouped by length and "." positions, each group a dict, so a name costs a few
+    dict lookups whatever the number of keys. Other keys run as RE2 programs, in order, only
+    while they precede the best plain match. ``work`` bounds the lookups and programs per name.
+    """
+
+    def __init__(self, keys: tuple, field: str) -> None:
+        self.keys = keys
+        self.field = field
+        self.programs: list[tuple[int, Any]] = []
+        groups: dict[tuple[int, tuple], dict[tuple, int]] = {}
+        for index, key in enumerate(keys):
+            if _is_plain_key(key):
+                spans, start = [], 0
+                for part in key.split("."):
+                    spans.append((start, start + len(part)))
+                    start += len(part) + 1
+                table = groups.setdefault((len(key), tuple(spans)), {})
+                table.setdefault(tuple(key[a:b] for a, b in spans), index)  # first key wins
+            else:
+                self.programs.append((index, compile_pattern_key(key, field)))
+        self.by_length: dict[int, list[tuple[tuple, dict[tuple, int]]]] = {}
+        for (length, spans), table in groups.items():
+            self.by_length.setdefault(length, []).append((spans, table))
+        self.work = len(groups) + len(self.programs)
+
+    def first(self, name: str) -> str | None:
+        best = len(self.keys)
+        for suffix in _dot_suffixes(name):
+            for spans, table in self.by_length.get(len(suffix), ()):
+                index = table.get(tuple(suffix[a:b] for a, b in spans))
+                if index is not None and index < best:
+                    best = index
+        for index, program in self.programs:
+            if index >= best:
+                break
+            if program.match(name):
+                best = index
+                break
+        return self.keys[best] if best < len(self.keys) else None
+
+
+@functools.lru_cache(maxsize=32)
+def _key_matcher(keys: tuple, field: str) -> _KeyMatcher:
+    return _KeyMatcher(keys, field)
 
 
 def _check_name(name: str, field: str) -> None:
     if len(name) > MAX_NAME_LENGTH or not _regex.check_text(name):
         raise PeftAdapterError(
-            f"module name {_short(name)} must be at most MAX_NAME_LENGTH = {MAX_NAME_LENGTH} "
+            f"module name {_short(name)} must be 1 to MAX_NAME_LENGTH = {MAX_NAME_LENGTH} "
             f"printable ASCII characters to be matched against {field} (there, the linear-time "
             f"engine's matches are exactly Python's); got {len(name)} characters."
         )
@@ -489,16 +566,8 @@ class _Selector:
         else:
             patterns = [pattern] if isinstance(pattern, str) else list(pattern)
         self.layer_regexes = [
-            _compile_field_regex(_layers_regex(p), "layers_pattern") for p in patterns
+            _compile_field_regex(_layers_regex(p), "layers_pattern", capture=True) for p in patterns
         ]
-
-    @staticmethod
-    def _suffixes(name: str) -> Iterable[str]:
-        yield name  # "name in targets"
-        start = name.find(".")
-        while start != -1:
-            yield name[start + 1 :]
-            start = name.find(".", start + 1)
 
     def selects(self, name: str) -> bool:
         if self.exclude_regex is not None or self.target_regex is not None or self.use_layers:
@@ -506,19 +575,19 @@ class _Selector:
         if self.exclude_regex is not None:
             if self.exclude_regex.fullmatch(name):
                 return False
-        elif self.excludes and any(s in self.excludes for s in self._suffixes(name)):
+        elif self.excludes and any(s in self.excludes for s in _dot_suffixes(name)):
             return False
         if self.target_regex is not None:
-            return self.target_regex.fullmatch(name) is not None
+            return self.target_regex.fullmatch(name)
         if name in self.targets:
             return True  # an exact name: layers_to_transform does not apply (PEFT's order)
-        found = any(s in self.targets for s in self._suffixes(name))
+        found = any(s in self.targets for s in _dot_suffixes(name))
         if found and self.use_layers:
             index = None
             for regex in self.layer_regexes:
-                m = regex.match(name)
-                if m is not None:
-                    index = int(m.group("idx"))
+                digits = regex.match_group(name, "idx")
+                if digits is not None:
+                    index = int(digits)
                     break
             if index is None:
                 return False
@@ -623,8 +692,17 @@ def check_lora_config(config: Mapping[str, Any], where: str = "") -> None:
                 f"MAX_PATTERN_KEYS = {MAX_PATTERN_KEYS}"
             )
             continue
+        regex_keys = sum(not _is_plain_key(key) for key in pattern)
+        if regex_keys > MAX_REGEX_KEYS:
+            problems.append(
+                f"{pattern_name} has {regex_keys} keys with regex syntax (characters other than "
+                f"letters, digits, '_', '-', '.'), more than the limit MAX_REGEX_KEYS = {MAX_REGEX_KEYS}"
+            )
+            continue
         for key, value in pattern.items():
             check(value, f"{pattern_name}[{_short(key)}]", problems)
+            if _is_plain_key(key):
+                continue  # always a valid regex (letters, digits, "_", "-", ".")
             try:
                 compile_pattern_key(key, pattern_name)
             except PeftAdapterError as exc:
@@ -670,21 +748,30 @@ def match_pattern_key(pattern: Mapping[str, Any] | None, name: str, field: str =
     printable ASCII characters; :class:`PeftAdapterError` naming ``field`` for a key RE2 cannot
     run, or a name that is not printable ASCII (or longer than ``MAX_NAME_LENGTH``).
     """
-    if not pattern:
+    return _first_key(tuple(pattern or ()), name, field)
+
+
+def _first_key(keys: tuple, name: str, field: str) -> str | None:
+    if not keys:
         return None
     _check_name(name, field)
-    for key in pattern:
-        if compile_pattern_key(key, field).match(name):
-            return key
-    return None
+    return _key_matcher(keys, field).first(name)
 
 
 def resolve_rank_alpha(config: Mapping[str, Any], name: str) -> tuple[int, float, str | None, str | None]:
     """``(r, alpha, rank_key, alpha_key)`` of module ``name`` as PEFT resolves them."""
+    return _resolve_rank_alpha(
+        config, name, tuple(config.get("rank_pattern") or ()), tuple(config.get("alpha_pattern") or ())
+    )
+
+
+def _resolve_rank_alpha(
+    config: Mapping[str, Any], name: str, rank_keys: tuple, alpha_keys: tuple
+) -> tuple[int, float, str | None, str | None]:
     rank_pattern = config.get("rank_pattern") or {}
     alpha_pattern = config.get("alpha_pattern") or {}
-    r_key = match_pattern_key(rank_pattern, name, "rank_pattern")
-    a_key = match_pattern_key(alpha_pattern, name, "alpha_pattern")
+    r_key = _first_key(rank_keys, name, "rank_pattern")
+    a_key = _first_key(alpha_keys, name, "alpha_pattern")
     r = rank_pattern[r_key] if r_key is not None else config.get("r", 8)
     alpha = alpha_pattern[a_key] if a_key is not None else config.get("lora_alpha", 8)
     return int(r), alpha, r_key, a_key
@@ -887,6 +974,17 @@ def adapter_from_state_dict(
             problems.append(f"the base-layer copy of {name!r} has an unsupported dtype {t.dtype}")
 
     modules: dict[str, LoRAModule] = {}
+    rank_keys = tuple(config.get("rank_pattern") or ())
+    alpha_keys = tuple(config.get("alpha_pattern") or ())
+    for keys, pattern_name in ((rank_keys, "rank_pattern"), (alpha_keys, "alpha_pattern")):
+        if keys and parts:
+            work = _key_matcher(keys, pattern_name).work
+            if work * len(parts) > MAX_PATTERN_MATCHES:
+                raise _refuse(where, problems + [
+                    f"{pattern_name}: matching its keys ({work} regex keys and groups of plain "
+                    f"keys) to the adapter's {len(parts)} modules takes {work * len(parts)} steps, "
+                    f"more than the limit MAX_PATTERN_MATCHES = {MAX_PATTERN_MATCHES}"
+                ])
     for name in sorted(parts):
         got = parts[name]
         kind = kinds[name]
@@ -914,7 +1012,7 @@ def adapter_from_state_dict(
         if not ok:
             continue
         try:
-            r_cfg, alpha, r_key, a_key = resolve_rank_alpha(config, name)
+            r_cfg, alpha, r_key, a_key = _resolve_rank_alpha(config, name, rank_keys, alpha_keys)
         except PeftAdapterError as exc:
             problems.append(str(exc).rstrip("."))
             continue
