@@ -235,6 +235,10 @@ class Program:
         """``re.match(pattern, text) is not None``."""
         return self._spans(re2._Anchor.ANCHOR_START, text)[0][0] != -1
 
+    def match_bytes(self, data: bytes) -> bool:
+        """:meth:`match` on ``text.encode()``."""
+        return self._re.Match(re2._Anchor.ANCHOR_START, data, 0, len(data))[0][0] != -1
+
     def fullmatch(self, text: str) -> bool:
         """``re.fullmatch(pattern, text) is not None``."""
         return self._spans(re2._Anchor.ANCHOR_BOTH, text)[0][0] != -1

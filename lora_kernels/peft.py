@@ -76,6 +76,7 @@ __all__ = [
     "MAX_NAME_LENGTH",
     "MAX_INT_DIGITS",
     "MAX_PATTERN_MATCHES",
+    "MAX_REGEX_MATCHES",
 ]
 
 CONFIG_NAME = "adapter_config.json"
@@ -93,10 +94,12 @@ MAX_REGEX_KEYS = 1_000  # of which keys with regex syntax (beyond letters, digit
 MAX_PATTERN_LENGTH = 16_384  # characters of one pattern key / target / exclude / layers_pattern entry
 MAX_NAME_LENGTH = 4_096  # characters of a module name (from a tensor key)
 MAX_INT_DIGITS = 100  # digits of an integer in the config
-# Matching a rank_pattern / alpha_pattern to the adapter's modules: (regex keys + groups of
-# plain keys) x modules, each a dict lookup or one RE2 run (about 1 us). A real per-module
-# pattern of a huge model (50k modules, keys that are module names) needs about 20 groups.
-MAX_PATTERN_MATCHES = 2_000_000
+# Matching a rank_pattern / alpha_pattern to the adapter's modules, per pattern: groups of plain
+# keys x modules (a dict lookup each, under 1 us; a real per-module pattern of a huge model,
+# 50k modules whose names are the keys, has about 20 groups) and regex keys x modules (an RE2
+# run each, a few us; real patterns have a handful of regex keys).
+MAX_PATTERN_MATCHES = 5_000_000
+MAX_REGEX_MATCHES = 500_000
 
 
 class PeftAdapterError(ValueError):
@@ -398,7 +401,8 @@ class _KeyMatcher:
     name's dot-suffixes has the key's length and equals the key outside the key's "." positions;
     plain keys are grouped by length and "." positions, each group a dict, so a name costs a few
     dict lookups whatever the number of keys. Other keys run as RE2 programs, in order, only
-    while they precede the best plain match. ``work`` bounds the lookups and programs per name.
+    while they precede the best plain match: at most ``groups`` lookups and ``len(programs)``
+    RE2 runs per name.
     """
 
     def __init__(self, keys: tuple, field: str) -> None:
@@ -419,7 +423,7 @@ class _KeyMatcher:
         self.by_length: dict[int, list[tuple[tuple, dict[tuple, int]]]] = {}
         for (length, spans), table in groups.items():
             self.by_length.setdefault(length, []).append((spans, table))
-        self.work = len(groups) + len(self.programs)
+        self.groups = len(groups)
 
     def first(self, name: str) -> str | None:
         best = len(self.keys)
@@ -428,12 +432,14 @@ class _KeyMatcher:
                 index = table.get(tuple(suffix[a:b] for a, b in spans))
                 if index is not None and index < best:
                     best = index
-        for index, program in self.programs:
-            if index >= best:
-                break
-            if program.match(name):
-                best = index
-                break
+        if self.programs and self.programs[0][0] < best:
+            data = name.encode()
+            for index, program in self.programs:
+                if index >= best:
+                    break
+                if program.match_bytes(data):
+                    best = index
+                    break
         return self.keys[best] if best < len(self.keys) else None
 
 
@@ -752,26 +758,37 @@ def match_pattern_key(pattern: Mapping[str, Any] | None, name: str, field: str =
 
 
 def _first_key(keys: tuple, name: str, field: str) -> str | None:
-    if not keys:
+    return _first_key_of(_key_matcher(keys, field) if keys else None, name)
+
+
+def _first_key_of(matcher: _KeyMatcher | None, name: str) -> str | None:
+    if matcher is None:
         return None
-    _check_name(name, field)
-    return _key_matcher(keys, field).first(name)
+    _check_name(name, matcher.field)
+    return matcher.first(name)
 
 
 def resolve_rank_alpha(config: Mapping[str, Any], name: str) -> tuple[int, float, str | None, str | None]:
     """``(r, alpha, rank_key, alpha_key)`` of module ``name`` as PEFT resolves them."""
-    return _resolve_rank_alpha(
-        config, name, tuple(config.get("rank_pattern") or ()), tuple(config.get("alpha_pattern") or ())
-    )
+    return _resolve_rank_alpha(config, name, *_matchers(config))
+
+
+def _matchers(config: Mapping[str, Any]) -> tuple[_KeyMatcher | None, _KeyMatcher | None]:
+    """The rank_pattern and alpha_pattern matchers of a config (None for an empty pattern)."""
+    out = []
+    for field in ("rank_pattern", "alpha_pattern"):
+        keys = tuple(config.get(field) or ())
+        out.append(_key_matcher(keys, field) if keys else None)
+    return out[0], out[1]
 
 
 def _resolve_rank_alpha(
-    config: Mapping[str, Any], name: str, rank_keys: tuple, alpha_keys: tuple
+    config: Mapping[str, Any], name: str, rank_matcher: _KeyMatcher | None, alpha_matcher: _KeyMatcher | None
 ) -> tuple[int, float, str | None, str | None]:
     rank_pattern = config.get("rank_pattern") or {}
     alpha_pattern = config.get("alpha_pattern") or {}
-    r_key = _first_key(rank_keys, name, "rank_pattern")
-    a_key = _first_key(alpha_keys, name, "alpha_pattern")
+    r_key = _first_key_of(rank_matcher, name)
+    a_key = _first_key_of(alpha_matcher, name)
     r = rank_pattern[r_key] if r_key is not None else config.get("r", 8)
     alpha = alpha_pattern[a_key] if a_key is not None else config.get("lora_alpha", 8)
     return int(r), alpha, r_key, a_key
@@ -974,16 +991,19 @@ def adapter_from_state_dict(
             problems.append(f"the base-layer copy of {name!r} has an unsupported dtype {t.dtype}")
 
     modules: dict[str, LoRAModule] = {}
-    rank_keys = tuple(config.get("rank_pattern") or ())
-    alpha_keys = tuple(config.get("alpha_pattern") or ())
-    for keys, pattern_name in ((rank_keys, "rank_pattern"), (alpha_keys, "alpha_pattern")):
-        if keys and parts:
-            work = _key_matcher(keys, pattern_name).work
-            if work * len(parts) > MAX_PATTERN_MATCHES:
+    rank_matcher, alpha_matcher = _matchers(config)
+    for matcher in (rank_matcher, alpha_matcher):
+        if matcher is None:
+            continue
+        for count, what, limit, limit_name in (
+            (matcher.groups, "groups of plain keys (by length and '.' positions)", MAX_PATTERN_MATCHES, "MAX_PATTERN_MATCHES"),
+            (len(matcher.programs), "keys with regex syntax", MAX_REGEX_MATCHES, "MAX_REGEX_MATCHES"),
+        ):
+            if count * len(parts) > limit:
                 raise _refuse(where, problems + [
-                    f"{pattern_name}: matching its keys ({work} regex keys and groups of plain "
-                    f"keys) to the adapter's {len(parts)} modules takes {work * len(parts)} steps, "
-                    f"more than the limit MAX_PATTERN_MATCHES = {MAX_PATTERN_MATCHES}"
+                    f"{matcher.field}: matching its {count} {what} to the adapter's {len(parts)} "
+                    f"modules takes {count * len(parts)} steps, more than the limit "
+                    f"{limit_name} = {limit}"
                 ])
     for name in sorted(parts):
         got = parts[name]
@@ -1012,7 +1032,7 @@ def adapter_from_state_dict(
         if not ok:
             continue
         try:
-            r_cfg, alpha, r_key, a_key = _resolve_rank_alpha(config, name, rank_keys, alpha_keys)
+            r_cfg, alpha, r_key, a_key = _resolve_rank_alpha(config, name, rank_matcher, alpha_matcher)
         except PeftAdapterError as exc:
             problems.append(str(exc).rstrip("."))
             continue

@@ -320,13 +320,35 @@ def test_module_name_length_limit():
         adapter_from_state_dict(lora_config(rank_pattern={"q_proj": 4}), lora_tensors({name: (4, 8, 8)}))
 
 
-def test_pattern_matching_work_limit():
-    mods = {f"m.{i}.q_proj": (2, 4, 4) for i in range(2001)}
+def test_regex_matching_work_limit():
+    mods = {f"m.{i}.q_proj": (2, 4, 4) for i in range(501)}
     keys = {f"(k{i}|x)_proj": 2 for i in range(P.MAX_REGEX_KEYS)}
-    with pytest.raises(PeftAdapterError, match=r"rank_pattern: matching its keys \(1000 regex keys and groups of "
-                       r"plain keys\) to the adapter's 2001 modules takes 2001000 steps, more than the limit "
-                       r"MAX_PATTERN_MATCHES = 2000000"):
+    t0 = time.perf_counter()
+    with pytest.raises(PeftAdapterError, match=r"alpha_pattern: matching its 1000 keys with regex syntax to the "
+                       r"adapter's 501 modules takes 501000 steps, more than the limit MAX_REGEX_MATCHES = 500000"):
+        adapter_from_state_dict(lora_config(r=2, target_modules=["q_proj"], alpha_pattern=keys), lora_tensors(mods))
+    assert time.perf_counter() - t0 < 10
+
+
+def test_plain_key_matching_work_limit():
+    """Plain keys of one length but different "." positions: each group is one lookup per name."""
+    keys = {"".join("." if (i >> b) & 1 else "x" for b in range(14)): 2 for i in range(P.MAX_PATTERN_KEYS)}
+    mods = {f"m.{i}.q_proj": (2, 4, 4) for i in range(501)}
+    with pytest.raises(PeftAdapterError, match=r"rank_pattern: matching its 10000 groups of plain keys .* to the "
+                       r"adapter's 501 modules takes 5010000 steps, more than the limit MAX_PATTERN_MATCHES = 5000000"):
         adapter_from_state_dict(lora_config(r=2, target_modules=["q_proj"], rank_pattern=keys), lora_tensors(mods))
+
+
+def test_matching_at_the_work_limits_is_quick():
+    """Crafted keys at the limits: 1,000 regex keys (each exponential for Python's re) x 500
+    modules, and 10,000 plain-key groups x 500 modules."""
+    mods = {f"model.layers.{i}.self_attn.q_proj": (2, 4, 4) for i in range(500)}
+    regex = {f"{EVIL}{i}": 2 for i in range(P.MAX_REGEX_KEYS)}
+    plain = {"".join("." if (i >> b) & 1 else "x" for b in range(14)): 2 for i in range(P.MAX_PATTERN_KEYS)}
+    cfg = lora_config(r=2, target_modules=["q_proj"], rank_pattern=regex, alpha_pattern=plain)
+    t0 = time.perf_counter()
+    ad = adapter_from_state_dict(cfg, lora_tensors(mods))
+    assert len(ad.modules) == 500 and time.perf_counter() - t0 < 20
 
 
 def test_per_module_patterns_of_a_huge_model_load_fast():
