@@ -15,6 +15,15 @@ where ``r`` and ``alpha`` are the module's own values after PEFT's ``rank_patter
 dict's order wins, and r and alpha are looked up independently (PEFT >= 0.15; pinned against
 PEFT 0.21.2 in the tests). ``r`` is checked against the tensor shapes.
 
+The modules served are the ones PEFT 0.21.2 puts a LoRA layer on: those the config's
+``target_modules`` / ``exclude_modules`` / ``layers_to_transform`` / ``layers_pattern`` select
+(:func:`config_selects`); PEFT ignores the saved tensors of any other module, and so does the
+loader (``PeftAdapter.ignored_modules``). Every regex of a config runs in linear time (parsed by
+Python's ``re`` parser, run by RE2; see :mod:`lora_kernels._regex`), and a config is refused past
+the limits ``MAX_CONFIG_BYTES``, ``MAX_PATTERN_KEYS``, ``MAX_REGEX_KEYS``,
+``MAX_PATTERN_LENGTH``, ``MAX_NAME_LENGTH``, ``MAX_PATTERN_MATCHES``, ``MAX_REGEX_MATCHES`` and
+``MAX_INT_DIGITS``: a server can load adapters that users upload.
+
 Anything the kernels would not reproduce exactly is refused with a :class:`PeftAdapterError`
 that names it and says why: DoRA, ``modules_to_save``, ``target_parameters``,
 ``layer_replication``, trainable tokens, other LoRA variants, base-weight-modifying

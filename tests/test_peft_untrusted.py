@@ -478,3 +478,14 @@ def test_config_selects_exact_name_and_suffix():
     assert config_selects(cfg, "model.layers.1.self_attn.q_proj")
     assert config_selects(cfg, V1)  # an exact name: no layer filter
     assert not config_selects(cfg, "model.layers.1.self_attn.xq_proj")
+
+
+def test_inspect_lists_ignored_modules(tmp_path, capsys):
+    from lora_kernels.__main__ import main
+
+    path = _adapter(tmp_path, target_modules=["q_proj"])
+    assert main(["inspect", path]) == 0
+    out = capsys.readouterr().out
+    assert f"ignored (tensors saved, but not selected by target_modules / exclude_modules / layers_to_transform; " \
+           f"PEFT ignores them too): {V1}" in out
+    assert Q0 in out
