@@ -332,7 +332,11 @@ def _refuse(where: str, problems: list[str]) -> PeftAdapterError:
 
 
 def _check_positive_int(value: Any, what: str, problems: list[str]) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Integral)
+        or not 1 <= value < 10**MAX_INT_DIGITS  # no rank has 100 digits (and past 4300, no str())
+    ):
         problems.append(f"{what} must be a positive int, got {_short(value)}")
 
 

@@ -399,6 +399,16 @@ def test_huge_integer_alpha_in_memory():
         adapter_from_state_dict(lora_config(alpha_pattern={"q_proj": -(10**400)}), lora_tensors(MODS))
 
 
+def test_huge_integer_rank_in_memory():
+    """In memory there is no JSON marker: a 5001-digit rank used to escape as a bare ValueError
+    while its error message was formatted."""
+    with pytest.raises(PeftAdapterError, match=r"rank_pattern\['q_proj'\] must be a positive int, got <an integer "
+                       r"of more than 4000 digits>"):
+        adapter_from_state_dict(lora_config(rank_pattern={"q_proj": 10**5000}), lora_tensors(MODS))
+    with pytest.raises(PeftAdapterError, match=r"r must be a positive int, got <an integer of 101 digits>"):
+        adapter_from_state_dict(lora_config(r=10**100), lora_tensors(MODS))
+
+
 @pytest.mark.parametrize(
     "field, message",
     [
