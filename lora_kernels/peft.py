@@ -750,7 +750,8 @@ def check_lora_config(config: Mapping[str, Any], where: str = "") -> None:
             continue
         if not _is_default_like(value):
             problems.append(
-                f"{name if len(name) <= 80 else _short(name)}={_short(value)}: a config field lora_kernels does not implement (checked "
+                f"{name if len(name) <= 80 else _short(name)}={_short(value)}: a config field "
+                f"lora_kernels does not implement (checked "
                 f"against PEFT 0.21.2's LoraConfig), set to a non-default value; refused rather "
                 f"than ignored"
             )
@@ -1009,7 +1010,8 @@ def adapter_from_state_dict(
         if matcher is None:
             continue
         for count, what, limit, limit_name in (
-            (matcher.groups, "groups of plain keys (by length and '.' positions)", MAX_PATTERN_MATCHES, "MAX_PATTERN_MATCHES"),
+            (matcher.groups, "groups of plain keys (by length and '.' positions)", MAX_PATTERN_MATCHES,
+             "MAX_PATTERN_MATCHES"),
             (len(matcher.programs), "keys with regex syntax", MAX_REGEX_MATCHES, "MAX_REGEX_MATCHES"),
         ):
             if count * len(parts) > limit:
