@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""Proof that the SIMT test can fail: bugs planted in a copy of the kernels must be caught.
+
+Each bug is one small textual edit of csrc/ (the edit must apply exactly once, so a change of
+the kernels that moves the code fails here loudly instead of planting nothing). The patched copy
+is built like the real kernels (tests/simt/Makefile, ASan + UBSan) and run on a few cases; the
+output names what caught the bug: a wrong result, an AddressSanitizer / UBSan report, or the
+executor's deadlock / protocol report. A bug that passes, or is caught by something other than
+what it is expected to trip, fails `make test-simt`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+
+@dataclass
+class Bug:
+    name: str
+    path: str  # relative to csrc/
+    old: str
+    new: str
+    expect: tuple[str, ...]  # mechanisms that may catch it
+
+
+BUGS = [
+    Bug("warp sum skips lanes (no xor-1 step: odd lanes never added)",
+        "include/lora_kernels/kernels.cuh",
+        "for (int offset = 16; offset > 0; offset >>= 1)",
+        "for (int offset = 16; offset > 1; offset >>= 1)",
+        ("wrong result",)),
+    Bug("missing __syncthreads before the shrink reads the per-warp partial sums (shared memory)",
+        "include/lora_kernels/kernels.cuh",
+        "      if (lane == 0) partial[warp][m * kRows + j] = s;\n    }\n  __syncthreads();\n",
+        "      if (lane == 0) partial[warp][m * kRows + j] = s;\n    }\n",
+        ("wrong result",)),
+    Bug("rank clamp off by one (a rank above R is clamped to R + 1)",
+        "include/lora_kernels/params.h",
+        "(r > max_rank ? max_rank : r)",
+        "(r > max_rank ? max_rank + 1 : r)",
+        ("wrong result", "AddressSanitizer")),
+    Bug("shrink reads one step past H_in (k <= h_in)",
+        "include/lora_kernels/kernels.cuh",
+        "k < p.h_in; k += kThreads * VEC",
+        "k <= p.h_in; k += kThreads * VEC",
+        ("wrong result", "AddressSanitizer")),
+    Bug("one thread skips the block sum's warp shuffle (its lanes wait for it forever)",
+        "include/lora_kernels/kernels.cuh",
+        "  v = warp_sum(v);\n  if ((threadIdx.x & 31) == 0) scratch",
+        "  if (threadIdx.x != 37) v = warp_sum(v);\n  if ((threadIdx.x & 31) == 0) scratch",
+        ("deadlock report",)),
+    Bug("expand reads v without the barrier after staging it in shared memory",
+        "include/lora_kernels/kernels.cuh",
+        "      vs[m][j] = j < cn ? v[g.rows[m] * p.v_stride + c0 + j] : Acc(0);\n    }\n    __syncthreads();\n",
+        "      vs[m][j] = j < cn ? v[g.rows[m] * p.v_stride + c0 + j] : Acc(0);\n    }\n",
+        ("wrong result",)),
+]
+
+
+def caught_by(output: str, returncode: int) -> tuple[str, str] | None:
+    """(mechanism, the line that shows it), or None when the run passed."""
+    checks = [
+        ("AddressSanitizer", r"ERROR: AddressSanitizer: .*"),
+        ("UBSan", r".*runtime error: .*"),
+        ("deadlock report", r"lk_simt: deadlock.*(\n  .*)*"),
+        ("protocol error report", r"lk_simt: protocol error.*(\n  .*)*"),
+        ("wrong result", r"FAIL .*"),
+    ]
+    for name, pattern in checks:
+        m = re.search(pattern, output)
+        if m:
+            return name, m.group(0).strip()
+    if returncode != 0:
+        return "crash", f"exit status {returncode}"
+    return None
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--root", required=True)
+    ap.add_argument("--build", required=True)
+    args = ap.parse_args()
+    root, build = os.path.abspath(args.root), os.path.abspath(args.build)
+    jobs = os.environ.get("MAX_JOBS", "2")
+    failures = 0
+    for i, bug in enumerate(BUGS, 1):
+        t0 = time.time()
+        out = os.path.join(build, "bugs", str(i))
+        src = os.path.join(out, "csrc")
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.copytree(os.path.join(root, "csrc"), src)
+        target = os.path.join(src, bug.path)
+        text = open(target).read()
+        if text.count(bug.old) != 1:
+            print(f"planted bug {i} ({bug.name}): its edit matches {text.count(bug.old)} places in "
+                  f"csrc/{bug.path}, expected exactly 1; update tests/simt/plant_bugs.py")
+            failures += 1
+            continue
+        with open(target, "w") as f:
+            f.write(text.replace(bug.old, bug.new))
+        make = subprocess.run(["make", "-s", "-C", os.path.join(root, "tests", "simt"), f"-j{jobs}",
+                               f"BUILD={build}", f"SRC={src}", f"OUT={out}", os.path.join(out, "test_kernels")],
+                              capture_output=True, text=True)
+        if make.returncode != 0:
+            print(f"planted bug {i} ({bug.name}): the patched copy does not build:\n{make.stdout}{make.stderr}")
+            failures += 1
+            continue
+        try:
+            run = subprocess.run([os.path.join(out, "test_kernels"), "--quick", "--stop-on-fail"],
+                                 capture_output=True, text=True, timeout=300)
+            output, code = run.stdout + run.stderr, run.returncode
+        except subprocess.TimeoutExpired:
+            output, code = "", None
+        found = caught_by(output, code) if code is not None else ("timeout", "ran past 300 s")
+        secs = time.time() - t0
+        if found and found[0] in bug.expect:
+            shown = found[1][:1200].replace("\n", "\n    ")
+            print(f"planted bug {i} caught by {found[0]} ({secs:.0f}s): {bug.name}\n    {shown}")
+        else:
+            failures += 1
+            what = f"caught by {found[0]}, expected {' or '.join(bug.expect)}" if found else "NOT caught"
+            print(f"planted bug {i} {what}: {bug.name}\n{output[-3000:]}")
+        sys.stdout.flush()
+    print(f"planted bugs: {len(BUGS) - failures} of {len(BUGS)} caught as expected")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
