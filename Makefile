@@ -36,7 +36,7 @@ test-python: build
 
 # The CUDA kernels run on the CPU (tests/simt: g++, ASan + UBSan, planted bugs); no GPU needed.
 test-simt:
-	$(MAKE) -C tests/simt CUDA_TOP=$(CUDA_TOP)
+	$(MAKE) -C tests/simt -j$(MAX_JOBS) CUDA_TOP=$(CUDA_TOP)
 
 test: test-cpp test-python test-simt
 

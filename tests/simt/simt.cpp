@@ -61,6 +61,11 @@ const char* kind_name(Kind k) {
 
 void set_last_error(cudaError_t e) { g_last_error = e; }
 
+static std::string g_last_report;
+const std::string& last_report() { return g_last_report; }
+static bool g_print_reports = true;
+void print_reports(bool on) { g_print_reports = on; }
+
 uint64_t seed() {
   static const uint64_t value = [] {
     const char* env = std::getenv("LK_SIMT_SEED");
@@ -205,10 +210,11 @@ struct Executor {
     if (next != cur) switch_to(cur, next, dying);
   }
 
-  // Ends the launch from inside a fiber with a protocol error; the fiber is never resumed.
-  [[noreturn]] void fail(Fiber* cur, const std::string& what) {
+  // Ends the launch from inside a fiber with a protocol error; the fiber is never resumed, so
+  // nothing it owns may need a destructor (hence a C string).
+  [[noreturn]] void fail(Fiber* cur, const char* what) {
     outcome = Outcome::kFailed;
-    report = "protocol error: " + what + "\n" + describe_threads();
+    report = std::string("protocol error: ") + what + "\n" + describe_threads();
     switch_to(cur, nullptr, false);
     std::abort();
   }
@@ -390,13 +396,14 @@ uint64_t warp_collective(Kind kind, unsigned mask, uint64_t in, int arg, int wid
 
 bool run_grid(const char* pretty, dim3 grid, dim3 block, size_t smem, void (*body)(void*), void* ctx) {
   Executor& ex = exec();
+  g_last_report.clear();
   std::string name = pretty;  // "... [with auto Kernel = <kernel>]" -> "<kernel>"
   const size_t at = name.find("Kernel = ");
   if (at != std::string::npos) name = name.substr(at + 9, name.size() - at - 10);
-  const char* kernel = name.c_str();
   const long n = static_cast<long>(block.x) * block.y * block.z;
   const auto fail = [&](const std::string& what) {
-    std::fprintf(stderr, "lk_simt: launch of %s: %s\n", kernel, what.c_str());
+    g_last_report = "lk_simt: launch of " + name + ": " + what + "\n";
+    if (g_print_reports) std::fputs(g_last_report.c_str(), stderr);
     return false;
   };
   if (n < 1 || n > 1024) return fail("block " + dim_str(block) + " has " + std::to_string(n) + " threads; expected 1 to 1024");
@@ -449,10 +456,10 @@ bool run_grid(const char* pretty, dim3 grid, dim3 block, size_t smem, void (*bod
     ex.switch_to(nullptr, ex.pick(), false);
     if (ex.outcome != Outcome::kFinished) {
       ex.stacks_dirty = true;  // abandoned fibers leave poisoned frames behind
-      std::fprintf(stderr, "lk_simt: %s in kernel %s, block %s of grid %s, block size %s (LK_SIMT_SEED=%llu)\n%s",
-                   ex.report.substr(0, ex.report.find('\n')).c_str(), kernel, dim_str(dim3(b.x, b.y, b.z)).c_str(),
-                   dim_str(grid).c_str(), dim_str(block).c_str(), static_cast<unsigned long long>(seed()),
-                   ex.report.substr(ex.report.find('\n') + 1).c_str());
+      g_last_report = "lk_simt: " + ex.report.substr(0, ex.report.find('\n')) + " in kernel " + name + ", block " +
+                      dim_str(dim3(b.x, b.y, b.z)) + " of grid " + dim_str(grid) + ", block size " + dim_str(block) +
+                      " (LK_SIMT_SEED=" + std::to_string(seed()) + ")\n" + ex.report.substr(ex.report.find('\n') + 1);
+      if (g_print_reports) std::fputs(g_last_report.c_str(), stderr);
       ex.reset_block();
       return false;
     }

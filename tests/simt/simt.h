@@ -35,6 +35,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <string>
 #include <tuple>
 #include <type_traits>
 
@@ -80,6 +81,10 @@ unsigned active_mask();
 // printing the report) on a deadlock or a protocol error.
 bool run_grid(const char* kernel, dim3 grid, dim3 block, size_t smem, void (*body)(void*), void* ctx);
 void set_last_error(cudaError_t e);
+// The report of the last launch that failed (empty if none did); also printed to stderr.
+const std::string& last_report();
+// Whether reports go to stderr (the executor's own tests of failing launches turn it off).
+void print_reports(bool on);
 // The seed of the block and thread order: LK_SIMT_SEED, or a random one.
 uint64_t seed();
 

@@ -2,7 +2,8 @@
 // float64 reference, with the tolerances of DESIGN §6: the cases of tests/gpu/test_gpu_ops.py
 // and the ones issue 8 lists, in fp16 / bf16 / fp32 / fp64, per-token indices and segments.
 //
-// Usage: test_kernels [--quick] [--stop-on-fail] [--only SUBSTRING]. Prints one line per case and
+// Usage: test_kernels [--quick] [--stop-on-fail] [--only SUBSTRING]. Runs the executor's own checks
+// (test_executor.cpp) first, unless --quick or --only; prints one line per case and
 // `N passed, M failed` last; exit status 1 when a case failed.
 #include <algorithm>
 #include <cmath>
@@ -379,6 +380,8 @@ std::vector<Spec> linear_specs(bool quick) {
 
 }  // namespace
 
+void executor_checks(int& passed, int& failed);  // test_executor.cpp
+
 int main(int argc, char** argv) {
   bool quick = false, stop = false;
   std::string only;
@@ -407,6 +410,7 @@ int main(int argc, char** argv) {
     Result r = fn();
     return std::make_pair(r, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   };
+  if (!quick && only.empty()) executor_checks(passed, failed);
   bool go = true;
   auto each_dtype = [&](auto&& run_one) {
     run_one(__half{});

@@ -60,7 +60,7 @@ __device__ __forceinline__ void load_vec(const T* p, typename Elem<T>::Acc (&out
     uint4 raw;
     memcpy(&raw, __builtin_assume_aligned(p, 16), 16);
     T e[VEC];
-    memcpy(e, &raw, 16);
+    memcpy(static_cast<void*>(e), &raw, 16);
 #pragma unroll
     for (int i = 0; i < VEC; ++i) out[i] = Elem<T>::load(e[i]);
   } else {

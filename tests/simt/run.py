@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Proof that the SIMT test can fail: bugs planted in a copy of the kernels must be caught.
+"""`make test-simt`: the kernel cases on the executor, then the proof that they can fail.
 
-Each bug is one small textual edit of csrc/ (the edit must apply exactly once, so a change of
+First runs the test binary built from the real kernels (test_kernels.cpp: the executor's own
+checks, then every kernel case). Then bugs planted in copies of the kernels must be caught. Each bug is one small textual edit of csrc/ (the edit must apply exactly once, so a change of
 the kernels that moves the code fails here loudly instead of planting nothing). The patched copy
 is built like the real kernels (tests/simt/Makefile, ASan + UBSan) and run on a few cases; the
 output names what caught the bug: a wrong result, an AddressSanitizer / UBSan report, or the
@@ -86,9 +87,25 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--root", required=True)
     ap.add_argument("--build", required=True)
+    ap.add_argument("--main", help="the test binary of the real kernels, run first")
     args = ap.parse_args()
     root, build = os.path.abspath(args.root), os.path.abspath(args.build)
     jobs = os.environ.get("MAX_JOBS", "2")
+    passed = failed = 0
+    if args.main:
+        t0 = time.time()
+        lines = []
+        with subprocess.Popen([args.main], stdout=subprocess.PIPE, text=True) as proc:
+            for line in proc.stdout:  # stream it: the cases take a while
+                print(line, end="", flush=True)
+                lines.append(line)
+        m = re.fullmatch(r"(\d+) passed, (\d+) failed\n?", lines[-1] if lines else "")
+        if m and proc.returncode in (0, 1):
+            passed, failed = int(m.group(1)), int(m.group(2))
+        else:
+            print(f"{args.main} ended with exit status {proc.returncode} before its summary")
+            failed += 1
+        print(f"kernel cases took {time.time() - t0:.0f}s; now the planted bugs", flush=True)
     failures = 0
     for i, bug in enumerate(BUGS, 1):
         t0 = time.time()
@@ -100,7 +117,7 @@ def main() -> int:
         text = open(target).read()
         if text.count(bug.old) != 1:
             print(f"planted bug {i} ({bug.name}): its edit matches {text.count(bug.old)} places in "
-                  f"csrc/{bug.path}, expected exactly 1; update tests/simt/plant_bugs.py")
+                  f"csrc/{bug.path}, expected exactly 1; update tests/simt/run.py")
             failures += 1
             continue
         with open(target, "w") as f:
@@ -129,7 +146,10 @@ def main() -> int:
             print(f"planted bug {i} {what}: {bug.name}\n{output[-3000:]}")
         sys.stdout.flush()
     print(f"planted bugs: {len(BUGS) - failures} of {len(BUGS)} caught as expected")
-    return 1 if failures else 0
+    passed += len(BUGS) - failures
+    failed += failures
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
