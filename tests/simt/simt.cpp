@@ -224,8 +224,8 @@ struct Executor {
     char buf[256];
     switch (f.state) {
       case State::kDone: return "exited";
-      case State::kReady:
-      case State::kRunning: return "running";
+      case State::kReady: return "ready to run";
+      case State::kRunning: return "running (this thread stopped the launch)";
       case State::kBarrier: return "wait at __syncthreads";
       case State::kCollective: {
         const Rendezvous* r = f.waiting;
