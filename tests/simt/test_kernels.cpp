@@ -80,6 +80,7 @@ struct Spec {
   bool out_of_range = false;  // slots 1000 / -7, ranks R + 5 / -3 (stay in bounds, act as clamped)
   bool one_slot = false;      // every token on slot 0: many leader groups of one adapter
   bool sorted = false;        // indices sorted (else random order)
+  bool bf16_fp32_only = false;  // a large shape: run it in the two serving dtypes only
 };
 
 struct Result {
@@ -147,6 +148,7 @@ Result run_linear(const Spec& s, bool segments, uint32_t seed, bool* vectorized)
     std::vector<int64_t> cuts(S > 0 ? S - 1 : 0);
     for (auto& c : cuts) c = uniform(0, T_);
     std::sort(cuts.begin(), cuts.end());
+    if (cuts.size() >= 2) cuts[1] = cuts[0];  // at least one empty segment
     for (auto c : cuts) indptr.push_back(c);
     if (S > 0) indptr.push_back(T_);
     for (auto& a : seg_adapter) a = s.one_slot ? 0 : uniform(-1, N - 1);
@@ -366,6 +368,7 @@ std::vector<Spec> linear_specs(bool quick) {
       {"no bias no ranks", 24, 80, 48, 3, 8},
       {"sorted, many segments", 64, 48, 24, 5, 4},
       {"out-of-range slots and ranks", 40, 67, 33, 4, 6},
+      {"decode-64 (a GPU test shape)", 64, 4096, 4096, 64, 16},
   };
   all[6].idx64 = true;
   all[8].one_slot = true;
@@ -374,6 +377,7 @@ std::vector<Spec> linear_specs(bool quick) {
   all[12].bias = false, all[12].ranks = false;
   all[13].sorted = true, all[13].S = 12;
   all[14].out_of_range = true;
+  all[15].bf16_fp32_only = true;
   if (!quick) return all;
   return {all[4], all[7], all[14]};
 }
@@ -423,6 +427,7 @@ int main(int argc, char** argv) {
       each_dtype([&](auto elem) {
         using T = decltype(elem);
         if (!go || (quick && !std::is_same_v<T, float>)) return;
+        if (s.bf16_fp32_only && !std::is_same_v<T, float> && !std::is_same_v<T, __nv_bfloat16>) return;
         const std::string name = std::string(segments ? "sgmv " : "bgmv ") + Type<T>::kName + " " + s.name;
         ++seed;
         if (!only.empty() && name.find(only) == std::string::npos) return;
