@@ -93,6 +93,7 @@ def main() -> int:
     ap.add_argument("--root", required=True)
     ap.add_argument("--build", required=True)
     ap.add_argument("--main", help="the test binary of the real kernels, run first")
+    ap.add_argument("--cuda-include", default="", help="the folder of cuda_fp16.h (as the Makefile found it)")
     args = ap.parse_args()
     root, build = os.path.abspath(args.root), os.path.abspath(args.build)
     jobs = os.environ.get("MAX_JOBS", "2")
@@ -127,9 +128,11 @@ def main() -> int:
             continue
         with open(target, "w") as f:
             f.write(text.replace(bug.old, bug.new))
+        env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
         make = subprocess.run(["make", "-s", "-C", os.path.join(root, "tests", "simt"), f"-j{jobs}",
-                               f"BUILD={build}", f"SRC={src}", f"OUT={out}", os.path.join(out, "test_kernels")],
-                              capture_output=True, text=True)
+                               f"BUILD={build}", f"SRC={src}", f"OUT={out}", os.path.join(out, "test_kernels")]
+                              + ([f"CUDA_INCLUDE={args.cuda_include}"] if args.cuda_include else []),
+                              capture_output=True, text=True, env=env)
         if make.returncode != 0:
             print(f"planted bug {i} ({bug.name}): the patched copy does not build:\n{make.stdout}{make.stderr}")
             failures += 1

@@ -80,7 +80,7 @@ struct Spec {
   bool out_of_range = false;  // slots 1000 / -7, ranks R + 5 / -3 (stay in bounds, act as clamped)
   bool one_slot = false;      // every token on slot 0: many leader groups of one adapter
   bool sorted = false;        // indices sorted (else random order)
-  bool bf16_fp32_only = false;  // a large shape: run it in the two serving dtypes only
+  bool bf16_only = false;  // a large shape: run it in the serving dtype only
 };
 
 struct Result {
@@ -377,9 +377,9 @@ std::vector<Spec> linear_specs(bool quick) {
   all[12].bias = false, all[12].ranks = false;
   all[13].sorted = true, all[13].S = 12;
   all[14].out_of_range = true;
-  all[15].bf16_fp32_only = true;
+  all[15].bf16_only = true;
   if (!quick) return all;
-  return {all[4], all[7], all[14]};
+  return {all[14], all[4]};  // for the planted bugs: what catches each one first
 }
 
 }  // namespace
@@ -427,7 +427,7 @@ int main(int argc, char** argv) {
       each_dtype([&](auto elem) {
         using T = decltype(elem);
         if (!go || (quick && !std::is_same_v<T, float>)) return;
-        if (s.bf16_fp32_only && !std::is_same_v<T, float> && !std::is_same_v<T, __nv_bfloat16>) return;
+        if (s.bf16_only && !std::is_same_v<T, __nv_bfloat16>) return;
         const std::string name = std::string(segments ? "sgmv " : "bgmv ") + Type<T>::kName + " " + s.name;
         ++seed;
         if (!only.empty() && name.find(only) == std::string::npos) return;
