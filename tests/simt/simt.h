@@ -7,7 +7,8 @@
 // __syncthreads, the warp collectives, static __shared__, atomicAdd, and the launch behind
 // LK_LAUNCH (csrc/include/lora_kernels/kernel_launch.h).
 //
-// Model. One block runs at a time; each of its threads is a fiber (glibc ucontext). Threads run
+// Model. One block runs at a time; each of its threads is a fiber (started with glibc's
+// makecontext, switched with GCC's __builtin_setjmp / __builtin_longjmp). Threads run
 // in a seeded random order and switch only where a thread must wait: __syncthreads and the warp
 // collectives. __syncthreads releases when every thread that has not exited waits at it. A warp
 // collective is a rendezvous of the lanes its mask names (a lane not in its own mask is a
