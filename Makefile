@@ -14,7 +14,7 @@ export MAX_JOBS ?= 2
 CUDA_TOP := $(shell nvcc --dryrun -c -x cu /dev/null 2>&1 | sed -n 's/.*TOP=\([^ ]*\).*/\1/p' | head -n 1)
 CMAKE_CUDA := $(if $(CUDA_TOP),-DCMAKE_CUDA_COMPILER=$(realpath $(CUDA_TOP))/bin/nvcc,-DLORA_KERNELS_WITH_CUDA=OFF)
 
-.PHONY: setup build test test-python test-cpp bench wheel clean
+.PHONY: setup build test test-python test-cpp test-simt bench wheel clean
 
 $(VENV)/.installed: Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -52,7 +52,11 @@ test-cpp:
 test-python: build
 	$(PY) -m pytest -q tests
 
-test: test-cpp test-python
+# The CUDA kernels run on the CPU (tests/simt: g++, ASan + UBSan, planted bugs); no GPU needed.
+test-simt:
+	$(MAKE) -C tests/simt -j$(MAX_JOBS) CUDA_TOP=$(CUDA_TOP)
+
+test: test-cpp test-python test-simt
 
 # `make bench` writes the rows (JSON) and the plot (PNG) here, and prints where.
 BENCH_OUT ?= benchmarks/results/local
