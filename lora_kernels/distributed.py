@@ -55,14 +55,15 @@ import torch
 from torch import Tensor
 
 from . import ops
+from . import sharding as _sharding
 from .peft import LoRAModule
 from .pool import LoRAPool
-from .sharding import (  # the pure sharding rules; re-exported: lora_kernels.distributed.<name>
+from .sharding import (  # noqa: F401 - the pure sharding rules, re-exported: distributed.<name>
     COLUMN,
     REPLICATED,
     ROW,
     ParallelStyle,
-    StyleLike,  # noqa: F401 - re-exported
+    StyleLike,
     _check_tp,
     _module_fields,
     _split_sizes,
@@ -71,17 +72,7 @@ from .sharding import (  # the pure sharding rules; re-exported: lora_kernels.di
     shard_peft_adapter,
 )
 
-__all__ = [
-    "COLUMN",
-    "ROW",
-    "REPLICATED",
-    "ParallelStyle",
-    "shard_dim",
-    "shard_lora_module",
-    "shard_peft_adapter",
-    "ColumnParallelLoRA",
-    "RowParallelLoRA",
-]
+__all__ = _sharding.__all__ + ["ColumnParallelLoRA", "RowParallelLoRA"]
 
 # --------------------------------------------------------------------------------------------
 # Runtime: one companion per tensor-parallel base layer
