@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from .metadata import BatchMetadata
 from .peft import LoRAModule, PeftAdapter, PeftAdapterError, load_peft_adapter
-from .pool import LoRAPool
+from .pool import LoRAPool, PreparedAdapter
 
 __all__ = ["MultiLoRAModel", "LoRALayer", "BASE_ADAPTER_NAME"]
 
@@ -267,16 +267,32 @@ class LoRALayer(nn.Module):
             )
         return w.dtype, w.device
 
-    def _add_to(self, pool: LoRAPool, m: LoRAModule | None) -> int:
-        if m is None:  # this adapter does not target this module: its slot stays rank 0
-            return pool.reserve()
-        return pool.add(m.lora_A, m.lora_B, m.scaling, lora_bias=m.lora_bias)
+    @staticmethod
+    def _prepare(pool: LoRAPool, m: LoRAModule | None) -> PreparedAdapter | None:
+        """``m``'s slot content for ``pool``, checked and converted (nothing is written);
+        ``None`` when the adapter does not target this module (its slot stays rank 0)."""
+        if m is None:
+            return None
+        return pool.prepare(m.lora_A, m.lora_B, m.scaling, lora_bias=m.lora_bias)
+
+    @staticmethod
+    def _put(pool: LoRAPool, prepared: PreparedAdapter | None) -> int:
+        """Write prepared content into the lowest free slot of ``pool`` (rank 0 for ``None``)."""
+        return pool.reserve() if prepared is None else pool.add_prepared(prepared)
 
     def module_of(self, adapter: PeftAdapter) -> LoRAModule | None:
         return adapter.modules.get(self.lora_module_name)
 
-    def build_pool(self, max_adapters: int, max_rank: int, bias: bool) -> tuple[LoRAPool, set[int]]:
-        """A new pool holding every registered adapter in its slot (the registry is the truth)."""
+    def build_pool(
+        self,
+        max_adapters: int,
+        max_rank: int,
+        bias: bool,
+        occupied: Mapping[int, PeftAdapter] | None = None,
+    ) -> tuple[LoRAPool, set[int]]:
+        """A new pool holding every adapter of ``occupied`` (slot -> adapter; default: the
+        registry's loaded and retired adapters) in its slot, and the slots targeting this module.
+        Nothing is published: :meth:`install` does that."""
         dtype, device = self._target_dtype_device()
         pool = LoRAPool(
             self.lora_in_features,
@@ -287,13 +303,14 @@ class LoRALayer(nn.Module):
             device=device,
             bias=bias,
         )
-        occupied = self._state.occupied()  # loaded adapters and those forwards in flight still read
+        if occupied is None:  # loaded adapters and those forwards in flight still read
+            occupied = self._state.occupied()
         holes: list[int] = []
         targeting: set[int] = set()
         for slot in range(max(occupied, default=-1) + 1):
             adapter = occupied.get(slot)
             m = self.module_of(adapter) if adapter is not None else None
-            got = self._add_to(pool, m)
+            got = self._put(pool, self._prepare(pool, m))
             if got != slot:  # pragma: no cover - LoRAPool fills the lowest free slot
                 raise RuntimeError(f"internal error: pool slot {got} != expected {slot}")
             if adapter is None:
@@ -585,6 +602,11 @@ class MultiLoRAModel(nn.Module):
             return None
         return module.base_layer if isinstance(module, LoRALayer) else module
 
+    def _set_submodule(self, mname: str, module: nn.Module) -> None:
+        parent_name, _, child = mname.rpartition(".")
+        parent = self.base_model.get_submodule(parent_name) if parent_name else self.base_model
+        setattr(parent, child, module)
+
     def _validate(self, name: str, adapter: PeftAdapter) -> None:
         """Everything that can refuse the adapter, checked before anything changes."""
         problems: list[str] = []
@@ -677,71 +699,65 @@ class MultiLoRAModel(nn.Module):
             self._add_validated(name, adapter)
 
     def _add_validated(self, name: str, adapter: PeftAdapter) -> None:
+        """Build, then commit (the caller holds the lock; ``_validate`` has passed).
+
+        Build: everything that can fail (new wrappers, pools that must grow rebuilt whole with
+        the new adapter in its slot, the new slot's content checked and converted for every
+        pool that keeps its tensors), while nothing any forward reads changes. Commit: write
+        the new slot into the kept pools (a slot no forward reads), publish every layer's
+        pool, wrap the new modules, register the name. A failure while building leaves the
+        model exactly as it was.
+        """
         st = self._state
         had_any = bool(st.slots)
-        used = set(st.occupied())  # a retired slot is still read by forwards in flight
-        slot = min(set(range(len(used) + 1)) - used)
+        occupied = st.occupied()  # a retired slot is still read by forwards in flight
+        slot = min(set(range(len(occupied) + 1)) - set(occupied))
         old_n = st.max_adapters
         new_n = old_n if slot < old_n else max(slot + 1, 2 * old_n)
         if self._fixed_adapters is not None:
             new_n = self._fixed_adapters
+        occupied[slot] = adapter  # the registry as it will be
 
-        # Plan: new wrappers, pools to (re)build, pools to add to in place.
-        new_layers: dict[str, LoRALayer] = {}
-        for mname in adapter.modules:
-            if mname not in self._layers:
-                new_layers[mname] = LoRALayer(self.base_model.get_submodule(mname), mname, st)
+        # --- build ---
+        new_layers = {
+            mname: LoRALayer(self.base_model.get_submodule(mname), mname, st)
+            for mname in adapter.modules
+            if mname not in self._layers
+        }
+        layers = {**self._layers, **new_layers}
+        rebuilt: dict[str, tuple[LoRAPool, set[int]]] = {}
+        staged: dict[str, PreparedAdapter | None] = {}  # kept pools: the new slot's content
+        for mname, layer in layers.items():
+            m = layer.module_of(adapter)
+            pool = layer.pool
+            if pool is None:  # a module no adapter targeted so far
+                rank = self._fixed_rank or max(self._rank_hint.get(mname, 0), m.r)
+                rebuilt[mname] = layer.build_pool(new_n, rank, m.lora_bias is not None, occupied)
+                continue
+            grow_rank = m is not None and m.r > pool.max_rank
+            grow_bias = m is not None and m.lora_bias is not None and not pool.has_bias
+            if pool.max_adapters != new_n or grow_rank or grow_bias:
+                rank = max(pool.max_rank, m.r if m is not None else 0)
+                rebuilt[mname] = layer.build_pool(new_n, rank, pool.has_bias or grow_bias, occupied)
+                continue
+            lowest = min(set(range(pool.max_adapters)) - set(pool.used_slots), default=None)
+            if lowest != slot:  # pragma: no cover - every pool mirrors the registry
+                raise RuntimeError(f"internal error: pool {mname!r} would fill slot {lowest}, not {slot}")
+            staged[mname] = layer._prepare(pool, m)
 
+        # --- commit: no check is left to fail; writes into a slot no forward reads, then publish ---
+        for mname, prepared in staged.items():
+            layer = layers[mname]
+            layer._put(layer.pool, prepared)
+            layer.install(layer.pool, layer.targeting | ({slot} if prepared is not None else set()))
+        for mname, (pool, targeting) in rebuilt.items():
+            layers[mname].install(pool, targeting)
+        for mname, layer in new_layers.items():
+            self._set_submodule(mname, layer)
+        self._layers.update(new_layers)
         st.slots[name] = slot
         st.adapters[name] = adapter
         st.max_adapters = new_n
-        rebuilt: dict[str, tuple[LoRAPool, set[int]]] = {}
-        added: list[LoRALayer] = []
-        installed: list[str] = []
-        try:
-            for mname, layer in list(self._layers.items()) + list(new_layers.items()):
-                m = layer.module_of(adapter)
-                pool = layer.pool
-                if pool is None:  # a module no adapter targeted so far
-                    rank = self._fixed_rank or max(self._rank_hint.get(mname, 0), m.r)
-                    rebuilt[mname] = layer.build_pool(new_n, rank, m.lora_bias is not None)
-                    continue
-                grow_rank = m is not None and m.r > pool.max_rank
-                grow_bias = m is not None and m.lora_bias is not None and not pool.has_bias
-                if pool.max_adapters != new_n or grow_rank or grow_bias:
-                    rank = max(pool.max_rank, m.r if m is not None else 0)
-                    rebuilt[mname] = layer.build_pool(new_n, rank, pool.has_bias or grow_bias)
-            for mname, layer in self._layers.items():
-                if mname in rebuilt:
-                    continue
-                got = layer._add_to(layer.pool, layer.module_of(adapter))
-                added.append(layer)
-                if got != slot:  # pragma: no cover
-                    raise RuntimeError(f"internal error: pool slot {got} != expected {slot}")
-            # commit
-            for mname, layer in new_layers.items():
-                parent_name, _, child = mname.rpartition(".")
-                parent = self.base_model.get_submodule(parent_name) if parent_name else self.base_model
-                setattr(parent, child, layer)
-                installed.append(mname)
-        except BaseException:
-            for layer in added:
-                layer.pool.remove(slot)
-            for mname in installed:
-                parent_name, _, child = mname.rpartition(".")
-                parent = self.base_model.get_submodule(parent_name) if parent_name else self.base_model
-                setattr(parent, child, new_layers[mname].base_layer)
-            del st.slots[name]
-            del st.adapters[name]
-            st.max_adapters = old_n
-            raise
-        for mname, layer in list(self._layers.items()) + list(new_layers.items()):
-            if mname in rebuilt:
-                layer.install(*rebuilt[mname])
-            else:
-                targets = {slot} if layer.module_of(adapter) is not None else set()
-                layer.install(layer.pool, layer.targeting | targets)
-        self._layers.update(new_layers)
         if not had_any:
             st.active = name  # the first adapter is the active one, as in PeftModel.from_pretrained
 
@@ -799,9 +815,7 @@ class MultiLoRAModel(nn.Module):
                     f"without adapters)."
                 )
             for mname, layer in self._layers.items():
-                parent_name, _, child = mname.rpartition(".")
-                parent = self.base_model.get_submodule(parent_name) if parent_name else self.base_model
-                setattr(parent, child, layer.base_layer)
+                self._set_submodule(mname, layer.base_layer)
             self._layers.clear()
             st.slots.clear()
             st.adapters.clear()
