@@ -23,8 +23,26 @@ $(VENV)/.installed: Makefile
 
 setup: $(VENV)/.installed
 
-build: setup
-	$(PIP) install -q --no-build-isolation --no-deps -e .
+# `make build` does nothing when no source of the extension changed since the last build (the
+# stamp) and the built module is there; otherwise pip's editable build recompiles only the
+# changed files (setup.py keeps the objects in build/temp-editable), printing one line per file.
+# `make clean` forces a full rebuild (e.g. after changing LORA_KERNELS_CPU_ONLY).
+EXT_SOURCES := setup.py pyproject.toml $(shell find csrc -type f 2>/dev/null)
+BUILD_STAMP := build/.built
+
+build: $(BUILD_STAMP)
+
+$(BUILD_STAMP): $(VENV)/.installed $(EXT_SOURCES) $(if $(wildcard lora_kernels/_C*.so),,FORCE)
+	@mkdir -p build
+	@echo "building lora_kernels._C with MAX_JOBS=$(MAX_JOBS) (full log: build/pip-build.log)"
+	@{ $(PIP) install -v --no-build-isolation --no-deps -e . 2>&1; echo $$? > build/pip-build.rc; } \
+		| tee build/pip-build.log \
+		| sed -u -n -E -e 's/^ *(\[[0-9]+\/[0-9]+\]) .* -c ([^ ]+) .*/  \1 compiled \2/p' \
+			-e 's/^ *ninja: no work to do\./  no source changed: nothing to recompile/p' \
+			-e 's/^ *[^ ]+ .* -shared .* -o ([^ ]*\/)?([^ /]+).*/  linked \2/p'
+	@rc=$$(cat build/pip-build.rc); if [ "$$rc" != 0 ]; then tail -n 60 build/pip-build.log; \
+		echo "make build: pip install -e . failed (exit $$rc); full log: build/pip-build.log"; exit $$rc; fi
+	@touch $@
 
 test-cpp:
 	cmake -S . -B build/cmake $(CMAKE_CUDA) > build-cmake.log 2>&1 || (cat build-cmake.log; exit 1)
@@ -36,11 +54,15 @@ test-python: build
 
 test: test-cpp test-python
 
+# `make bench` writes the rows (JSON) and the plot (PNG) here, and prints where.
+BENCH_OUT ?= benchmarks/results/local
 bench: build
-	$(PY) -m lora_kernels bench
+	$(PY) -m lora_kernels bench --json $(BENCH_OUT)/bench.json --plot $(BENCH_OUT)/bench.png
 
 wheel: setup
 	$(PIP) wheel --no-build-isolation --no-deps -w dist .
+
+FORCE:
 
 clean:
 	rm -rf build dist build-cmake.log lora_kernels/_C*.so lora_kernels/_build.json *.egg-info

@@ -86,11 +86,33 @@ if with_cuda:
 else:
     Extension = CppExtension
 
+
+
+def torch_requirement(version: str) -> str:
+    """The wheel's torch requirement: the release the extension is compiled against, without
+    the local tag ('2.14.1+cu130' -> 'torch==2.14.1', which any 2.14.1 build satisfies). The
+    binary uses torch's C++ ABI, which changes between releases, so it loads with no other
+    (lora_kernels/_build.py refuses a source build used under another torch at import)."""
+    return "torch==" + version.split("+")[0]
+
+
+INSTALL_REQUIRES = [torch_requirement(torch.__version__), "numpy", "safetensors"]
+
 BUILD_FACTS = {"torch": torch.__version__, "cuda": with_cuda, "cuda_version": cuda_version, "archs": archs}
 
 
 class BuildWithFacts(BuildExtension):
-    """Also writes lora_kernels/_build.json, read at import to explain a load failure."""
+    """Also writes lora_kernels/_build.json, read at import to explain a load failure.
+
+    An editable install (``pip install -e .``, what ``make build`` runs) compiles in a fixed
+    folder, build/temp-editable: setuptools hands build_ext a fresh temporary folder on every
+    editable build, so ninja found no object of the last build and recompiled every file even
+    when nothing had changed. In a fixed folder ninja recompiles only the changed sources."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        if getattr(self, "editable_mode", False):
+            self.build_temp = os.path.join(HERE, "build", "temp-editable")
 
     def run(self):
         super().run()
@@ -114,6 +136,7 @@ setup(
             extra_link_args=["-fopenmp"],
         )
     ],
+    install_requires=INSTALL_REQUIRES,
     cmdclass={"build_ext": BuildWithFacts},
     package_data={"lora_kernels": ["_build.json"]},
 )

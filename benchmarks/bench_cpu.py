@@ -1,6 +1,6 @@
 """pytest-benchmark: our CPU ops against the plain-torch compositions (`pytest benchmarks`).
 
-Workloads (H_in = H_out = 4096, r = 16, fp32; issue 2's CPU speed targets):
+Workloads (H_in = H_out = 4096, r = 16, fp32; the CPU speed targets):
     decode 64 tokens over 64 distinct adapters   (target: ours >= 1.5x the best baseline)
     decode 64 tokens over 8 adapters             (target: never slower than the best baseline)
     prefill 1024 tokens in 8 segments            (target: never slower than the best baseline)

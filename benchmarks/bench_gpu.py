@@ -1,4 +1,4 @@
-"""The issue-4 GPU sweep: ``python -m lora_kernels bench --full`` with its outputs filed.
+"""The GPU sweep: ``python -m lora_kernels bench --full`` with its outputs filed.
 
     python benchmarks/bench_gpu.py [--outdir DIR] [--time-budget S] [--repeat N]
     python benchmarks/bench_gpu.py --summary DIR/h200.json     # the short table of a result
@@ -10,7 +10,7 @@ Writes, for a GPU named e.g. "NVIDIA H200" (stem "h200"):
     DIR/h200.png    latency against the number of distinct adapters (needs matplotlib)
     DIR/h200.log    progress lines, the full table, the targets
 and prints the short table and the targets on stdout. A dry run writes <stem>-dry-run.*.
-The sweep itself (cases, baselines, timing method) lives in lora_kernels/bench.py.
+The sweep itself (cases, baselines, timing method) lives in the lora_kernels/bench/ package.
 """
 
 from __future__ import annotations

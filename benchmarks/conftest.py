@@ -20,7 +20,7 @@ def pytest_collect_file(file_path, parent):
     return pytest.Module.from_parent(parent, path=file_path)
 
 
-# Issue 2's CPU targets: ours / best baseline (time ratio as speedup) per workload.
+# The CPU speed targets: ours / best baseline (time ratio as speedup) per workload.
 TARGETS = {
     "decode64_distinct64": (1.5, ">= 1.5x the best baseline"),
     "decode64_over8": (1.0, "never slower than the best baseline"),

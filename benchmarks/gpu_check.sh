@@ -2,7 +2,7 @@
 # One command on a machine with an NVIDIA GPU and torch (no network needed):
 #   1. builds the extension for the local GPU only (pip install --no-build-isolation --no-deps -e .)
 #   2. runs tests/gpu
-#   3. runs the issue-4 sweep (benchmarks/bench_gpu.py, time-boxed), writing
+#   3. runs the GPU sweep (benchmarks/bench_gpu.py, time-boxed), writing
 #      OUTDIR/<gpu>.json, OUTDIR/<gpu>.png, OUTDIR/<gpu>.log
 #   4. prints a short table last
 # Everything is also logged to OUTDIR/gpu_check.log. Designed to finish in well under 8 minutes

@@ -183,6 +183,53 @@ def _unique_names(paths: list[str]) -> list[str]:
     return names
 
 
+_ADAPTER_AS_BASE = (
+    "--base {base} already carries a LoRA adapter (it holds a PEFT adapter, not a plain base "
+    "model): give --base the directory of the base model the adapters were trained on, and the "
+    "adapter directories after it."
+)
+
+
+def _base_dir_problem(base: str) -> str | None:
+    """Why ``--base`` cannot be a base model directory, or None."""
+    if not os.path.isdir(base):
+        what = "a file" if os.path.exists(base) else "nothing"
+        return (
+            f"--base {base}: there is no model directory there ({what} at that path); give the "
+            f"local directory of a transformers model (saved by save_pretrained, with a config.json)."
+        )
+    if os.path.exists(os.path.join(base, "adapter_config.json")):
+        return _ADAPTER_AS_BASE.format(base=base)
+    if not os.path.exists(os.path.join(base, "config.json")):
+        return (
+            f"--base {base}: the directory holds no config.json, so it is no transformers model "
+            f"directory; give the directory a model was saved to by save_pretrained."
+        )
+    return None
+
+
+def _carries_lora(model) -> bool:
+    """True when the loaded model already has PEFT LoRA layers in it (a base that carries an
+    adapter: transformers loads one when the directory points it to an adapter)."""
+    if getattr(model, "_hf_peft_config_loaded", False) or getattr(model, "peft_config", None):
+        return True
+    return any(hasattr(m, "lora_A") and hasattr(m, "base_layer") for m in model.modules())
+
+
+_HEADER = ["adapter", "max |ours - peft|", "rel diff", "effect", "status"]
+
+
+def _refused_row(name: str, why: str) -> list[str]:
+    return [name, "-", "-", "-", "REFUSED: " + " ".join(why.split())]
+
+
+def _print_table(table: list[list[str]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(_HEADER)]
+    print("  ".join(h.ljust(w) for h, w in zip(_HEADER, widths)).rstrip())
+    for r in table:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
 def check_main(args: argparse.Namespace) -> int:
     try:
         import torch
@@ -210,19 +257,36 @@ def check_main(args: argparse.Namespace) -> int:
         print("check: --seq-len must be >= 1", file=sys.stderr)
         return 2
 
+    try:
+        torch.device(device)
+    except RuntimeError:
+        print(f"check: --device must be cpu or cuda (or cuda:N), got {device!r}.", file=sys.stderr)
+        return 2
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        print(f"check: --device {device}, but torch sees no CUDA device here.", file=sys.stderr)
+        return 2
+    problem = _base_dir_problem(args.base)
+    if problem:
+        print(f"check: {problem}", file=sys.stderr)
+        return 2
+
     status = 0
     names, paths = [], []
+    refused: list[tuple[str, str]] = []  # (name, why): a row of the table
     for name, path in zip(_unique_names(args.adapters), args.adapters):
         try:
             load_peft_adapter(path)
         except (PeftAdapterError, FileNotFoundError) as exc:
             print(f"REFUSED {name} ({path}): {exc}")
+            refused.append((name, str(exc)))
             status = 1
             continue
         names.append(name)
         paths.append(path)
     if not names:
+        _print_table([_refused_row(n, why) for n, why in refused])
         print("check: no adapter left to compare", file=sys.stderr)
+        print("FAIL")
         return 1
 
     with warnings.catch_warnings():
@@ -231,6 +295,9 @@ def check_main(args: argparse.Namespace) -> int:
             base = transformers.AutoModelForCausalLM.from_pretrained(args.base, dtype=dtype)
         except Exception as exc:
             print(f"check: cannot load a causal LM from {args.base!r}: {exc}", file=sys.stderr)
+            return 2
+        if _carries_lora(base):
+            print(f"check: {_ADAPTER_AS_BASE.format(base=args.base)}", file=sys.stderr)
             return 2
         base = base.to(device).eval()
         ours = MultiLoRAModel(copy.deepcopy(base), max_adapters=len(names)).eval()
@@ -241,11 +308,14 @@ def check_main(args: argparse.Namespace) -> int:
                 ours.add_adapter(name, path)
             except PeftAdapterError as exc:
                 print(f"REFUSED {name} ({path}): {exc}")
+                refused.append((name, str(exc)))
                 status = 1
                 continue
             accepted.append((name, path))
         if not accepted:
+            _print_table([_refused_row(n, why) for n, why in refused])
             print("check: no adapter left to compare", file=sys.stderr)
+            print("FAIL")
             return 1
         names = [n for n, _ in accepted]
         try:
@@ -270,7 +340,6 @@ def check_main(args: argparse.Namespace) -> int:
         f"base {args.base} ({type(base).__name__}), {args.dtype} on {device}, one batch of "
         f"{len(rows)} rows x {args.seq_len} tokens; tolerance {tol:g} on ||ours - peft|| / ||peft||"
     )
-    header = ["adapter", "max |ours - peft|", "rel diff", "effect", "status"]
     table = []
     for i, name in enumerate(rows):
         diff = (out[i] - ref[i]).abs().max().item()
@@ -285,10 +354,7 @@ def check_main(args: argparse.Namespace) -> int:
         if not ok:
             status = 1
         table.append([name, f"{diff:.3e}", f"{rel:.3e}", f"{effect:.3e}", verdict])
-    widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(header)]
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
-    for r in table:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    _print_table(table + [_refused_row(n, why) for n, why in refused])
     print("effect = ||peft - base|| / ||base||: how much the adapter changes the logits")
     print("PASS" if status == 0 else "FAIL")
     return status
