@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.14.1
-TEST_DEPS := numpy safetensors pytest hypothesis pytest-benchmark expecttest ninja setuptools wheel \
+TEST_DEPS := numpy safetensors "google-re2==1.1.20251105" pytest hypothesis pytest-benchmark expecttest ninja setuptools wheel \
 	matplotlib "transformers==5.23.0" "peft==0.21.2"
 export MAX_JOBS ?= 2
 
