@@ -45,7 +45,8 @@ import torch
 from torch import Tensor, nn
 
 from .metadata import BatchMetadata
-from .peft import LoRAModule, PeftAdapter, PeftAdapterError, load_peft_adapter, selected_modules_without_tensors
+from .peft import LoRAModule, PeftAdapter, PeftAdapterError, load_peft_adapter
+from .peft_validate import adapter_model_problems, module_kind
 from .pool import LoRAPool, PreparedAdapter
 
 __all__ = ["MultiLoRAModel", "LoRALayer", "BASE_ADAPTER_NAME"]
@@ -57,39 +58,6 @@ def _default_ops():
     from . import ops
 
     return ops
-
-
-def _is_conv1d(module: nn.Module) -> bool:
-    """transformers' GPT-2 style Conv1D (weight [nx, nf], y = x @ W + b), without importing it."""
-    return (
-        type(module).__name__ == "Conv1D"
-        and hasattr(module, "nf")
-        and hasattr(module, "nx")
-        and isinstance(getattr(module, "weight", None), Tensor)
-        and tuple(module.weight.shape) == (module.nx, module.nf)
-    )
-
-
-def _module_kind(module: nn.Module) -> tuple[str, int, int] | None:
-    """("linear" | "embedding", H_in, H_out) of a module we can serve, or None."""
-    if isinstance(module, nn.Linear):
-        return "linear", int(module.in_features), int(module.out_features)
-    if _is_conv1d(module):
-        return "linear", int(module.nx), int(module.nf)
-    if isinstance(module, nn.Embedding):
-        return "embedding", int(module.num_embeddings), int(module.embedding_dim)
-    return None
-
-
-def _same_values(saved: Tensor, served: Tensor) -> bool:
-    """Equal, up to the one dtype cast between the saved copy and the served weight."""
-    if tuple(saved.shape) != tuple(served.shape):
-        return False
-    served = served.detach()
-    saved = saved.to(served.device)
-    if saved.dtype == served.dtype:
-        return torch.equal(saved, served)
-    return torch.equal(saved.to(served.dtype), served) or torch.equal(saved, served.to(saved.dtype))
 
 
 class _Batch:
@@ -202,7 +170,7 @@ class LoRALayer(nn.Module):
 
     def __init__(self, base_layer: nn.Module, name: str, state: _State) -> None:
         super().__init__()
-        kind = _module_kind(base_layer)
+        kind = module_kind(base_layer)
         if kind is None:  # pragma: no cover - MultiLoRAModel validates every module first
             raise TypeError(
                 f"LoRALayer: module {name!r} is a {type(base_layer).__name__}; lora_kernels serves "
@@ -618,72 +586,12 @@ class MultiLoRAModel(nn.Module):
             yield mname, module
 
     def _validate(self, name: str, adapter: PeftAdapter) -> None:
-        """Everything that can refuse the adapter, checked before anything changes."""
-        problems: list[str] = []
-        for mname, m in adapter.modules.items():
-            module = self._served_module(mname)
-            if module is None:
-                problems.append(f"it targets module {mname!r}, which the served model does not have")
-                continue
-            kind = _module_kind(module)
-            if kind is None:
-                problems.append(
-                    f"module {mname!r} is a {type(module).__name__}; lora_kernels serves LoRA on "
-                    f"nn.Linear, nn.Embedding and transformers' Conv1D"
-                )
-                continue
-            if kind[0] != m.kind:
-                problems.append(
-                    f"module {mname!r} is a {type(module).__name__} but the adapter holds "
-                    f"{m.kind} LoRA weights for it"
-                )
-                continue
-            if (kind[1], kind[2]) != (m.in_features, m.out_features):
-                what = "[vocab, dim]" if m.kind == "embedding" else "[H_in, H_out]"
-                problems.append(
-                    f"module {mname!r}: the served layer is {what} = [{kind[1]}, {kind[2]}] but "
-                    f"the adapter's lora_A {list(m.lora_A.shape)} / lora_B {list(m.lora_B.shape)} "
-                    f"are for [{m.in_features}, {m.out_features}]"
-                )
-                continue
-            if m.kind == "embedding" and getattr(module, "max_norm", None) is not None:
-                problems.append(
-                    f"module {mname!r} is an nn.Embedding with max_norm set, which renormalizes "
-                    f"the LoRA weights during lookup; not served"
-                )
-            if not module.weight.is_floating_point():
-                problems.append(
-                    f"module {mname!r} has a {module.weight.dtype} weight; LoRA is served on "
-                    f"floating-point layers only"
-                )
-            if self._fixed_rank is not None and m.r > self._fixed_rank:
-                problems.append(f"module {mname!r} has rank {m.r} > max_rank = {self._fixed_rank}")
-        # Modules PEFT's config selects but the adapter has no tensors for (issue 13, item 6).
-        problems += selected_modules_without_tensors(adapter, self._base_named_modules())
-        for copies, attr in ((adapter.base_weights, "weight"), (adapter.base_biases, "bias")):
-            for mname, saved in copies.items():
-                module = self._served_module(mname)
-                served = getattr(module, attr, None) if module is not None else None
-                if not isinstance(served, Tensor):
-                    problems.append(
-                        f"it carries a copy of the base {attr} of {mname!r}, which the served "
-                        f"model does not have"
-                    )
-                elif tuple(saved.shape) != tuple(served.shape):
-                    problems.append(
-                        f"its saved copy of the base {attr} of {mname!r} has shape "
-                        f"{list(saved.shape)}, the served model's has {list(served.shape)} (a "
-                        f"resized vocabulary?); a base model shared by every request cannot "
-                        f"serve it"
-                    )
-                elif not _same_values(saved, served):
-                    diff = (saved.to(served.device, torch.float64) - served.detach().double()).abs().max()
-                    problems.append(
-                        f"its saved copy of the base {attr} of {mname!r} differs from the served "
-                        f"model's (max abs difference {float(diff):.3g}); PEFT would load that "
-                        f"copy into the base model for every request, which a base model shared "
-                        f"by every request cannot do"
-                    )
+        """Everything that can refuse the adapter, checked before anything changes: the adapter
+        against the served model (:func:`lora_kernels.peft_validate.adapter_model_problems`),
+        then the free slots."""
+        problems = adapter_model_problems(
+            adapter, self._served_module, self._base_named_modules(), max_rank=self._fixed_rank
+        )
         held = len(self._state.retired)
         if self._fixed_adapters is not None and len(self._state.slots) + held >= self._fixed_adapters:
             problems.append(
