@@ -45,8 +45,9 @@ import torch
 from torch import Tensor, nn
 
 from .metadata import BatchMetadata
-from .peft import LoRAModule, PeftAdapter, PeftAdapterError, load_peft_adapter, selected_modules_without_tensors
-from .pool import LoRAPool
+from .peft import LoRAModule, PeftAdapter, PeftAdapterError, load_peft_adapter
+from .peft_validate import adapter_model_problems, module_kind
+from .pool import LoRAPool, PreparedAdapter
 
 __all__ = ["MultiLoRAModel", "LoRALayer", "BASE_ADAPTER_NAME"]
 
@@ -57,39 +58,6 @@ def _default_ops():
     from . import ops
 
     return ops
-
-
-def _is_conv1d(module: nn.Module) -> bool:
-    """transformers' GPT-2 style Conv1D (weight [nx, nf], y = x @ W + b), without importing it."""
-    return (
-        type(module).__name__ == "Conv1D"
-        and hasattr(module, "nf")
-        and hasattr(module, "nx")
-        and isinstance(getattr(module, "weight", None), Tensor)
-        and tuple(module.weight.shape) == (module.nx, module.nf)
-    )
-
-
-def _module_kind(module: nn.Module) -> tuple[str, int, int] | None:
-    """("linear" | "embedding", H_in, H_out) of a module we can serve, or None."""
-    if isinstance(module, nn.Linear):
-        return "linear", int(module.in_features), int(module.out_features)
-    if _is_conv1d(module):
-        return "linear", int(module.nx), int(module.nf)
-    if isinstance(module, nn.Embedding):
-        return "embedding", int(module.num_embeddings), int(module.embedding_dim)
-    return None
-
-
-def _same_values(saved: Tensor, served: Tensor) -> bool:
-    """Equal, up to the one dtype cast between the saved copy and the served weight."""
-    if tuple(saved.shape) != tuple(served.shape):
-        return False
-    served = served.detach()
-    saved = saved.to(served.device)
-    if saved.dtype == served.dtype:
-        return torch.equal(saved, served)
-    return torch.equal(saved.to(served.dtype), served) or torch.equal(saved, served.to(saved.dtype))
 
 
 class _Batch:
@@ -202,7 +170,7 @@ class LoRALayer(nn.Module):
 
     def __init__(self, base_layer: nn.Module, name: str, state: _State) -> None:
         super().__init__()
-        kind = _module_kind(base_layer)
+        kind = module_kind(base_layer)
         if kind is None:  # pragma: no cover - MultiLoRAModel validates every module first
             raise TypeError(
                 f"LoRALayer: module {name!r} is a {type(base_layer).__name__}; lora_kernels serves "
@@ -267,16 +235,32 @@ class LoRALayer(nn.Module):
             )
         return w.dtype, w.device
 
-    def _add_to(self, pool: LoRAPool, m: LoRAModule | None) -> int:
-        if m is None:  # this adapter does not target this module: its slot stays rank 0
-            return pool.reserve()
-        return pool.add(m.lora_A, m.lora_B, m.scaling, lora_bias=m.lora_bias)
+    @staticmethod
+    def _prepare(pool: LoRAPool, m: LoRAModule | None) -> PreparedAdapter | None:
+        """``m``'s slot content for ``pool``, checked and converted (nothing is written);
+        ``None`` when the adapter does not target this module (its slot stays rank 0)."""
+        if m is None:
+            return None
+        return pool.prepare(m.lora_A, m.lora_B, m.scaling, lora_bias=m.lora_bias)
+
+    @staticmethod
+    def _put(pool: LoRAPool, prepared: PreparedAdapter | None) -> int:
+        """Write prepared content into the lowest free slot of ``pool`` (rank 0 for ``None``)."""
+        return pool.reserve() if prepared is None else pool.add_prepared(prepared)
 
     def module_of(self, adapter: PeftAdapter) -> LoRAModule | None:
         return adapter.modules.get(self.lora_module_name)
 
-    def build_pool(self, max_adapters: int, max_rank: int, bias: bool) -> tuple[LoRAPool, set[int]]:
-        """A new pool holding every registered adapter in its slot (the registry is the truth)."""
+    def build_pool(
+        self,
+        max_adapters: int,
+        max_rank: int,
+        bias: bool,
+        occupied: Mapping[int, PeftAdapter] | None = None,
+    ) -> tuple[LoRAPool, set[int]]:
+        """A new pool holding every adapter of ``occupied`` (slot -> adapter; default: the
+        registry's loaded and retired adapters) in its slot, and the slots targeting this module.
+        Nothing is published: :meth:`install` does that."""
         dtype, device = self._target_dtype_device()
         pool = LoRAPool(
             self.lora_in_features,
@@ -287,13 +271,14 @@ class LoRALayer(nn.Module):
             device=device,
             bias=bias,
         )
-        occupied = self._state.occupied()  # loaded adapters and those forwards in flight still read
+        if occupied is None:  # loaded adapters and those forwards in flight still read
+            occupied = self._state.occupied()
         holes: list[int] = []
         targeting: set[int] = set()
         for slot in range(max(occupied, default=-1) + 1):
             adapter = occupied.get(slot)
             m = self.module_of(adapter) if adapter is not None else None
-            got = self._add_to(pool, m)
+            got = self._put(pool, self._prepare(pool, m))
             if got != slot:  # pragma: no cover - LoRAPool fills the lowest free slot
                 raise RuntimeError(f"internal error: pool slot {got} != expected {slot}")
             if adapter is None:
@@ -585,6 +570,11 @@ class MultiLoRAModel(nn.Module):
             return None
         return module.base_layer if isinstance(module, LoRALayer) else module
 
+    def _set_submodule(self, mname: str, module: nn.Module) -> None:
+        parent_name, _, child = mname.rpartition(".")
+        parent = self.base_model.get_submodule(parent_name) if parent_name else self.base_model
+        setattr(parent, child, module)
+
     def _base_named_modules(self):
         """The base model's (name, module) pairs as they were before wrapping."""
         inside = None
@@ -596,72 +586,12 @@ class MultiLoRAModel(nn.Module):
             yield mname, module
 
     def _validate(self, name: str, adapter: PeftAdapter) -> None:
-        """Everything that can refuse the adapter, checked before anything changes."""
-        problems: list[str] = []
-        for mname, m in adapter.modules.items():
-            module = self._served_module(mname)
-            if module is None:
-                problems.append(f"it targets module {mname!r}, which the served model does not have")
-                continue
-            kind = _module_kind(module)
-            if kind is None:
-                problems.append(
-                    f"module {mname!r} is a {type(module).__name__}; lora_kernels serves LoRA on "
-                    f"nn.Linear, nn.Embedding and transformers' Conv1D"
-                )
-                continue
-            if kind[0] != m.kind:
-                problems.append(
-                    f"module {mname!r} is a {type(module).__name__} but the adapter holds "
-                    f"{m.kind} LoRA weights for it"
-                )
-                continue
-            if (kind[1], kind[2]) != (m.in_features, m.out_features):
-                what = "[vocab, dim]" if m.kind == "embedding" else "[H_in, H_out]"
-                problems.append(
-                    f"module {mname!r}: the served layer is {what} = [{kind[1]}, {kind[2]}] but "
-                    f"the adapter's lora_A {list(m.lora_A.shape)} / lora_B {list(m.lora_B.shape)} "
-                    f"are for [{m.in_features}, {m.out_features}]"
-                )
-                continue
-            if m.kind == "embedding" and getattr(module, "max_norm", None) is not None:
-                problems.append(
-                    f"module {mname!r} is an nn.Embedding with max_norm set, which renormalizes "
-                    f"the LoRA weights during lookup; not served"
-                )
-            if not module.weight.is_floating_point():
-                problems.append(
-                    f"module {mname!r} has a {module.weight.dtype} weight; LoRA is served on "
-                    f"floating-point layers only"
-                )
-            if self._fixed_rank is not None and m.r > self._fixed_rank:
-                problems.append(f"module {mname!r} has rank {m.r} > max_rank = {self._fixed_rank}")
-        # Modules PEFT's config selects but the adapter has no tensors for (issue 13, item 6).
-        problems += selected_modules_without_tensors(adapter, self._base_named_modules())
-        for copies, attr in ((adapter.base_weights, "weight"), (adapter.base_biases, "bias")):
-            for mname, saved in copies.items():
-                module = self._served_module(mname)
-                served = getattr(module, attr, None) if module is not None else None
-                if not isinstance(served, Tensor):
-                    problems.append(
-                        f"it carries a copy of the base {attr} of {mname!r}, which the served "
-                        f"model does not have"
-                    )
-                elif tuple(saved.shape) != tuple(served.shape):
-                    problems.append(
-                        f"its saved copy of the base {attr} of {mname!r} has shape "
-                        f"{list(saved.shape)}, the served model's has {list(served.shape)} (a "
-                        f"resized vocabulary?); a base model shared by every request cannot "
-                        f"serve it"
-                    )
-                elif not _same_values(saved, served):
-                    diff = (saved.to(served.device, torch.float64) - served.detach().double()).abs().max()
-                    problems.append(
-                        f"its saved copy of the base {attr} of {mname!r} differs from the served "
-                        f"model's (max abs difference {float(diff):.3g}); PEFT would load that "
-                        f"copy into the base model for every request, which a base model shared "
-                        f"by every request cannot do"
-                    )
+        """Everything that can refuse the adapter, checked before anything changes: the adapter
+        against the served model (:func:`lora_kernels.peft_validate.adapter_model_problems`),
+        then the free slots."""
+        problems = adapter_model_problems(
+            adapter, self._served_module, self._base_named_modules(), max_rank=self._fixed_rank
+        )
         held = len(self._state.retired)
         if self._fixed_adapters is not None and len(self._state.slots) + held >= self._fixed_adapters:
             problems.append(
@@ -689,71 +619,65 @@ class MultiLoRAModel(nn.Module):
             self._add_validated(name, adapter)
 
     def _add_validated(self, name: str, adapter: PeftAdapter) -> None:
+        """Build, then commit (the caller holds the lock; ``_validate`` has passed).
+
+        Build: everything that can fail (new wrappers, pools that must grow rebuilt whole with
+        the new adapter in its slot, the new slot's content checked and converted for every
+        pool that keeps its tensors), while nothing any forward reads changes. Commit: write
+        the new slot into the kept pools (a slot no forward reads), publish every layer's
+        pool, wrap the new modules, register the name. A failure while building leaves the
+        model exactly as it was.
+        """
         st = self._state
         had_any = bool(st.slots)
-        used = set(st.occupied())  # a retired slot is still read by forwards in flight
-        slot = min(set(range(len(used) + 1)) - used)
+        occupied = st.occupied()  # a retired slot is still read by forwards in flight
+        slot = min(set(range(len(occupied) + 1)) - set(occupied))
         old_n = st.max_adapters
         new_n = old_n if slot < old_n else max(slot + 1, 2 * old_n)
         if self._fixed_adapters is not None:
             new_n = self._fixed_adapters
+        occupied[slot] = adapter  # the registry as it will be
 
-        # Plan: new wrappers, pools to (re)build, pools to add to in place.
-        new_layers: dict[str, LoRALayer] = {}
-        for mname in adapter.modules:
-            if mname not in self._layers:
-                new_layers[mname] = LoRALayer(self.base_model.get_submodule(mname), mname, st)
+        # --- build ---
+        new_layers = {
+            mname: LoRALayer(self.base_model.get_submodule(mname), mname, st)
+            for mname in adapter.modules
+            if mname not in self._layers
+        }
+        layers = {**self._layers, **new_layers}
+        rebuilt: dict[str, tuple[LoRAPool, set[int]]] = {}
+        staged: dict[str, PreparedAdapter | None] = {}  # kept pools: the new slot's content
+        for mname, layer in layers.items():
+            m = layer.module_of(adapter)
+            pool = layer.pool
+            if pool is None:  # a module no adapter targeted so far
+                rank = self._fixed_rank or max(self._rank_hint.get(mname, 0), m.r)
+                rebuilt[mname] = layer.build_pool(new_n, rank, m.lora_bias is not None, occupied)
+                continue
+            grow_rank = m is not None and m.r > pool.max_rank
+            grow_bias = m is not None and m.lora_bias is not None and not pool.has_bias
+            if pool.max_adapters != new_n or grow_rank or grow_bias:
+                rank = max(pool.max_rank, m.r if m is not None else 0)
+                rebuilt[mname] = layer.build_pool(new_n, rank, pool.has_bias or grow_bias, occupied)
+                continue
+            lowest = min(set(range(pool.max_adapters)) - set(pool.used_slots), default=None)
+            if lowest != slot:  # pragma: no cover - every pool mirrors the registry
+                raise RuntimeError(f"internal error: pool {mname!r} would fill slot {lowest}, not {slot}")
+            staged[mname] = layer._prepare(pool, m)
 
+        # --- commit: no check is left to fail; writes into a slot no forward reads, then publish ---
+        for mname, prepared in staged.items():
+            layer = layers[mname]
+            layer._put(layer.pool, prepared)
+            layer.install(layer.pool, layer.targeting | ({slot} if prepared is not None else set()))
+        for mname, (pool, targeting) in rebuilt.items():
+            layers[mname].install(pool, targeting)
+        for mname, layer in new_layers.items():
+            self._set_submodule(mname, layer)
+        self._layers.update(new_layers)
         st.slots[name] = slot
         st.adapters[name] = adapter
         st.max_adapters = new_n
-        rebuilt: dict[str, tuple[LoRAPool, set[int]]] = {}
-        added: list[LoRALayer] = []
-        installed: list[str] = []
-        try:
-            for mname, layer in list(self._layers.items()) + list(new_layers.items()):
-                m = layer.module_of(adapter)
-                pool = layer.pool
-                if pool is None:  # a module no adapter targeted so far
-                    rank = self._fixed_rank or max(self._rank_hint.get(mname, 0), m.r)
-                    rebuilt[mname] = layer.build_pool(new_n, rank, m.lora_bias is not None)
-                    continue
-                grow_rank = m is not None and m.r > pool.max_rank
-                grow_bias = m is not None and m.lora_bias is not None and not pool.has_bias
-                if pool.max_adapters != new_n or grow_rank or grow_bias:
-                    rank = max(pool.max_rank, m.r if m is not None else 0)
-                    rebuilt[mname] = layer.build_pool(new_n, rank, pool.has_bias or grow_bias)
-            for mname, layer in self._layers.items():
-                if mname in rebuilt:
-                    continue
-                got = layer._add_to(layer.pool, layer.module_of(adapter))
-                added.append(layer)
-                if got != slot:  # pragma: no cover
-                    raise RuntimeError(f"internal error: pool slot {got} != expected {slot}")
-            # commit
-            for mname, layer in new_layers.items():
-                parent_name, _, child = mname.rpartition(".")
-                parent = self.base_model.get_submodule(parent_name) if parent_name else self.base_model
-                setattr(parent, child, layer)
-                installed.append(mname)
-        except BaseException:
-            for layer in added:
-                layer.pool.remove(slot)
-            for mname in installed:
-                parent_name, _, child = mname.rpartition(".")
-                parent = self.base_model.get_submodule(parent_name) if parent_name else self.base_model
-                setattr(parent, child, new_layers[mname].base_layer)
-            del st.slots[name]
-            del st.adapters[name]
-            st.max_adapters = old_n
-            raise
-        for mname, layer in list(self._layers.items()) + list(new_layers.items()):
-            if mname in rebuilt:
-                layer.install(*rebuilt[mname])
-            else:
-                targets = {slot} if layer.module_of(adapter) is not None else set()
-                layer.install(layer.pool, layer.targeting | targets)
-        self._layers.update(new_layers)
         if not had_any:
             st.active = name  # the first adapter is the active one, as in PeftModel.from_pretrained
 
@@ -811,9 +735,7 @@ class MultiLoRAModel(nn.Module):
                     f"without adapters)."
                 )
             for mname, layer in self._layers.items():
-                parent_name, _, child = mname.rpartition(".")
-                parent = self.base_model.get_submodule(parent_name) if parent_name else self.base_model
-                setattr(parent, child, layer.base_layer)
+                self._set_submodule(mname, layer.base_layer)
             self._layers.clear()
             st.slots.clear()
             st.adapters.clear()

@@ -11,15 +11,32 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-__all__ = ["LoRAPool"]
+__all__ = ["LoRAPool", "PreparedAdapter"]
 
 
 def _shape(t: Tensor) -> str:
     return "[" + ", ".join(str(d) for d in t.shape) + "]"
+
+
+class PreparedAdapter(NamedTuple):
+    """One adapter checked by :meth:`LoRAPool.prepare`, ready for :meth:`LoRAPool.add_prepared`:
+    ``lora_A`` ``[r, H_in]``, ``lora_B`` ``[H_out, r]`` and ``lora_bias`` ``[H_out]`` (or ``None``)
+    in the pool's dtype and device."""
+
+    pool: "LoRAPool"
+    lora_A: Tensor
+    lora_B: Tensor
+    scaling: float
+    lora_bias: Tensor | None
+
+    @property
+    def rank(self) -> int:
+        return int(self.lora_A.shape[0])
 
 
 class LoRAPool:
@@ -144,90 +161,140 @@ class LoRAPool:
         exactly as it was. Weights are converted to the pool's dtype and device; weights holding
         NaN or Inf, or values the pool's dtype cannot hold, are refused.
         """
+        return self._put(self._prepare("add", lora_A, lora_B, scaling, lora_bias), "add")
+
+    def prepare(
+        self,
+        lora_A: Tensor,
+        lora_B: Tensor,
+        scaling: float,
+        lora_bias: Tensor | None = None,
+    ) -> "PreparedAdapter":
+        """Check and convert one adapter exactly as :meth:`add` does, without writing anything.
+
+        Returns a :class:`PreparedAdapter` (the weights in this pool's dtype and device) that
+        :meth:`add_prepared` copies into a slot. It lets a caller that fills many pools check
+        every one of them first, then write them all: only a full pool can refuse that write.
+        The prepared tensors may share memory with the arguments: leave those unchanged until
+        the write.
+        """
+        return self._prepare("prepare", lora_A, lora_B, scaling, lora_bias)
+
+    def add_prepared(self, prepared: "PreparedAdapter") -> int:
+        """Copy an adapter checked by :meth:`prepare` of this pool into the lowest free slot and
+        return that slot (refused only when the pool is full)."""
+        if not isinstance(prepared, PreparedAdapter) or prepared.pool is not self:
+            got = (
+                f"one prepared by another pool ({prepared.pool!r})"
+                if isinstance(prepared, PreparedAdapter)
+                else type(prepared).__name__
+            )
+            raise ValueError(
+                f"LoRAPool.add_prepared: prepared must be what this pool's prepare() returned, "
+                f"got {got}."
+            )
+        return self._put(prepared, "add_prepared")
+
+    def _prepare(
+        self,
+        caller: str,
+        lora_A: Tensor,
+        lora_B: Tensor,
+        scaling: float,
+        lora_bias: Tensor | None,
+    ) -> "PreparedAdapter":
         H_in, H_out, R = self.in_features, self.out_features, self.max_rank
         for name, t in (("lora_A", lora_A), ("lora_B", lora_B)):
             if not isinstance(t, Tensor):
                 raise TypeError(
-                    f"LoRAPool.add: {name} must be a torch.Tensor, got {type(t).__name__}."
+                    f"LoRAPool.{caller}: {name} must be a torch.Tensor, got {type(t).__name__}."
                 )
             if not t.is_floating_point():
                 raise TypeError(
-                    f"LoRAPool.add: {name} must be a floating-point tensor, got dtype {t.dtype}."
+                    f"LoRAPool.{caller}: {name} must be a floating-point tensor, got dtype {t.dtype}."
                 )
             if t.dim() != 2:
                 raise ValueError(
-                    f"LoRAPool.add: {name} must be a 2-D tensor, got {t.dim()}-D "
+                    f"LoRAPool.{caller}: {name} must be a 2-D tensor, got {t.dim()}-D "
                     f"with shape {_shape(t)}."
                 )
         if lora_A.shape[1] != H_in:
             raise ValueError(
-                f"LoRAPool.add: lora_A must have shape [r, H_in] = [r, {H_in}], "
+                f"LoRAPool.{caller}: lora_A must have shape [r, H_in] = [r, {H_in}], "
                 f"got {_shape(lora_A)}."
             )
         if lora_B.shape[0] != H_out:
             raise ValueError(
-                f"LoRAPool.add: lora_B must have shape [H_out, r] = [{H_out}, r], "
+                f"LoRAPool.{caller}: lora_B must have shape [H_out, r] = [{H_out}, r], "
                 f"got {_shape(lora_B)}."
             )
         rank = lora_A.shape[0]
         if lora_B.shape[1] != rank:
             raise ValueError(
-                f"LoRAPool.add: lora_B must have shape [H_out, r] = [{H_out}, {rank}] "
+                f"LoRAPool.{caller}: lora_B must have shape [H_out, r] = [{H_out}, {rank}] "
                 f"(r from lora_A), got {_shape(lora_B)}."
             )
         if not 1 <= rank <= R:
             raise ValueError(
-                f"LoRAPool.add: the rank r = lora_A.shape[0] must be in [1, max_rank] = "
+                f"LoRAPool.{caller}: the rank r = lora_A.shape[0] must be in [1, max_rank] = "
                 f"[1, {R}], got {rank}."
             )
         if isinstance(scaling, bool) or not isinstance(scaling, numbers.Real):
             raise TypeError(
-                f"LoRAPool.add: scaling must be a finite real number (int or float), "
+                f"LoRAPool.{caller}: scaling must be a finite real number (int or float), "
                 f"got {scaling!r} of type {type(scaling).__name__}."
             )
         if not math.isfinite(scaling):
             raise ValueError(
-                f"LoRAPool.add: scaling must be a finite real number, got {scaling!r}."
+                f"LoRAPool.{caller}: scaling must be a finite real number, got {scaling!r}."
             )
         if lora_bias is not None:
             if self.lora_bias is None:
                 raise ValueError(
-                    "LoRAPool.add: lora_bias was given but this pool was built with bias=False; "
+                    f"LoRAPool.{caller}: lora_bias was given but this pool was built with bias=False; "
                     "build it with bias=True to serve adapters with a lora_B bias."
                 )
             if not isinstance(lora_bias, Tensor) or not lora_bias.is_floating_point():
                 raise TypeError(
-                    f"LoRAPool.add: lora_bias must be a floating-point tensor, got "
+                    f"LoRAPool.{caller}: lora_bias must be a floating-point tensor, got "
                     f"{getattr(lora_bias, 'dtype', type(lora_bias).__name__)}."
                 )
             if tuple(lora_bias.shape) != (H_out,):
                 raise ValueError(
-                    f"LoRAPool.add: lora_bias must have shape [H_out] = [{H_out}], "
+                    f"LoRAPool.{caller}: lora_bias must have shape [H_out] = [{H_out}], "
                     f"got {_shape(lora_bias)}."
                 )
+        converted: dict[str, Tensor | None] = {"lora_bias": None}
         for name, t in (("lora_A", lora_A), ("lora_B", lora_B), ("lora_bias", lora_bias)):
             if t is None:
                 continue
             bad = int((~torch.isfinite(t.detach())).sum())
             if bad:
                 raise ValueError(
-                    f"LoRAPool.add: {name} must hold only finite values, got {bad} NaN or Inf "
+                    f"LoRAPool.{caller}: {name} must hold only finite values, got {bad} NaN or Inf "
                     f"entries (a broken adapter; the loader refuses it too)."
                 )
-            if not bool(torch.isfinite(t.detach().to(self.dtype)).all()):
+            converted[name] = t.detach().to(device=self.device, dtype=self.dtype)
+            if not bool(torch.isfinite(converted[name]).all()):
                 raise ValueError(
-                    f"LoRAPool.add: {name} must fit the pool's dtype {self.dtype} (largest finite "
+                    f"LoRAPool.{caller}: {name} must fit the pool's dtype {self.dtype} (largest finite "
                     f"value {torch.finfo(self.dtype).max:g}), got a value of magnitude "
                     f"{t.detach().abs().max().item():g}, which would become Inf."
                 )
-        slot = self._take_free_slot("add")
+        return PreparedAdapter(
+            self, converted["lora_A"], converted["lora_B"], float(scaling), converted["lora_bias"]
+        )
+
+    def _put(self, prepared: "PreparedAdapter", caller: str) -> int:
+        slot = self._take_free_slot(caller)
+        rank = prepared.rank
         with torch.no_grad():
-            self.lora_a[slot, :rank].copy_(lora_A)
-            self.lora_b[slot, :, :rank].copy_(lora_B)
-            self.scaling[slot] = float(scaling)
+            self.lora_a[slot, :rank].copy_(prepared.lora_A)
+            self.lora_b[slot, :, :rank].copy_(prepared.lora_B)
+            self.scaling[slot] = prepared.scaling
             self.ranks[slot] = rank
-            if lora_bias is not None:
-                self.lora_bias[slot].copy_(lora_bias)
+            if prepared.lora_bias is not None:
+                self.lora_bias[slot].copy_(prepared.lora_bias)
         return slot
 
     def reserve(self) -> int:

@@ -645,3 +645,29 @@ def test_distributed_error_companion_shapes():
     if not dist.is_initialized():
         with pytest.raises(ValueError, match=r"pass tp_rank and tp_size, or initialise torch\.distributed"):
             RowParallelLoRA(8, 8, 2, 4)
+
+
+def test_distributed_reexports_the_sharding_rules():
+    # The pure sharding functions live in lora_kernels.sharding; every name stays importable
+    # from lora_kernels.distributed as the same object.
+    import lora_kernels.distributed as distributed
+    import lora_kernels.sharding as sharding
+
+    for name in sharding.__all__ + ["StyleLike"]:
+        assert getattr(distributed, name) is getattr(sharding, name), name
+    assert set(sharding.__all__) <= set(distributed.__all__)
+
+
+def test_distributed_add_module_none_reserves_a_rank_0_slot():
+    # add_module(None): the lowest free slot, all zero (rank 0, scale 0): LoRAPool.reserve.
+    layer = ColumnParallelLoRA(8, 12, 3, 4, tp_rank=1, tp_size=2, dtype=F64, bias=True)
+    assert layer.add_module(_module(h_in=8, h_out=12, bias=True)) == 0
+    assert layer.add_module(None) == 1
+    p = layer.pool
+    assert p.used_slots == [0, 1] and int(p.ranks[1]) == 0 and float(p.scaling[1]) == 0.0
+    assert not p.lora_a[1].any() and not p.lora_b[1].any() and not p.lora_bias[1].any()
+    layer.remove(0)
+    assert layer.add_module(None) == 0 and p.used_slots == [0, 1]
+    layer.add_module(None)
+    with pytest.raises(RuntimeError, match=r"LoRAPool\.reserve: the pool is full: all max_adapters = 3 slots"):
+        layer.add_module(None)

@@ -22,6 +22,7 @@ F = pytest.importorskip("hf_fixtures")  # skips the module without peft / transf
 
 import lora_kernels as lk  # noqa: E402
 from lora_kernels.model import LoRALayer, MultiLoRAModel  # noqa: E402
+from lora_kernels.pool import LoRAPool  # noqa: E402
 from lora_kernels.peft import PeftAdapterError, adapter_from_state_dict, load_peft_adapter  # noqa: E402
 from peft_helpers import PREFIX, lora_config, lora_tensors  # noqa: E402
 
@@ -451,26 +452,65 @@ def _dora_dir(ads, tmp_path):
     return d
 
 
-def test_failure_while_filling_pools_rolls_back(dirs, monkeypatch):
+def test_failure_at_any_point_of_the_build_changes_nothing(dirs, monkeypatch):
+    """add_adapter builds every new pool and checks every new slot content before it publishes
+    anything: a failure at the k-th slot content, for every k (in a pool rebuilt for a new
+    wrapper, or in a pool kept in place), leaves the model as it was; the add works afterwards."""
+    import copy
+
     ads = dirs["llama"]
     model = MultiLoRAModel(F.tiny_llama(torch.float32), {"plain": ads["plain"], "rs8": ads["rs8"]}, max_adapters=4)
+    rows, ids = ["plain", "__base__", "rs8"], F.input_ids(3, 4, seed=12)
+    out_before = model(input_ids=ids, adapter_names=rows).logits
     before = _snapshot(model)
-    calls = []
-    real = LoRALayer._add_to
+    real = LoRAPool.prepare
+    calls: list[LoRAPool] = []
 
-    def flaky(self, pool, m):
-        calls.append(1)
-        if len(calls) == 3:
-            raise RuntimeError("simulated failure")
-        return real(self, pool, m)
+    def counting(self, *args, **kwargs):
+        calls.append(self)
+        return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(LoRALayer, "_add_to", flaky)
-    with pytest.raises(RuntimeError, match="simulated"):
-        model.add_adapter("emb", ads["embhead"])  # in-place adds + new wrappers for embed / lm_head
+    probe = copy.deepcopy(model)
+    kept = {id(layer.pool) for layer in probe.lora_layers.values()}
+    monkeypatch.setattr(LoRAPool, "prepare", counting)
+    probe.add_adapter("emb", ads["embhead"])  # new wrappers for embed / lm_head, v_proj in place
+    in_place = [id(p) in kept for p in calls]
+    assert any(in_place) and not all(in_place), in_place
+
+    for k in range(len(calls)):
+        seen = []
+
+        def flaky(self, *args, **kwargs):
+            seen.append(1)
+            if len(seen) == k + 1:
+                raise RuntimeError("simulated failure")
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(LoRAPool, "prepare", flaky)
+        with pytest.raises(RuntimeError, match="simulated"):
+            model.add_adapter("emb", ads["embhead"])
+        _assert_same_snapshot(before, _snapshot(model))
     monkeypatch.undo()
-    _assert_same_snapshot(before, _snapshot(model))
-    model.add_adapter("emb", ads["embhead"])  # and it still works afterwards
+    assert torch.equal(model(input_ids=ids, adapter_names=rows).logits, out_before)
+    model.add_adapter("emb", ads["embhead"])
     assert model.adapter_names == ["plain", "rs8", "emb"]
+
+
+def test_adapter_the_pools_cannot_hold_changes_nothing(dirs):
+    """A weight the served dtype cannot hold, found in a pool kept in place after another kept
+    pool has its slot content ready: refused, and nothing was written or wrapped."""
+    ads = dirs["llama"]
+    model = MultiLoRAModel(F.tiny_llama(torch.float32), {"plain": ads["plain"]}, max_adapters=4)
+    rows, ids = ["plain", "__base__"], F.input_ids(2, 4, seed=13)
+    out_before = model(input_ids=ids, adapter_names=rows).logits
+    before = _snapshot(model)
+    q0, q1, up = (f"model.layers.{i}.{m}" for i, m in ((0, "self_attn.q_proj"), (1, "self_attn.q_proj"), (0, "mlp.up_proj")))
+    tensors = lora_tensors({q0: (4, 32, 32), q1: (4, 32, 32), up: (4, 32, 48)}, dtype=torch.float64)
+    tensors[f"{PREFIX}{q1}.lora_B.weight"][3, 1] = 1e300  # finite in float64, Inf in the float32 pool
+    with pytest.raises(ValueError, match=r"lora_B must fit the pool's dtype torch\.float32"):
+        model.add_adapter("huge", adapter_from_state_dict(lora_config(), tensors))
+    _assert_same_snapshot(before, _snapshot(model))
+    assert torch.equal(model(input_ids=ids, adapter_names=rows).logits, out_before)
 
 
 def test_fixed_capacity_refuses_the_next_adapter(dirs):

@@ -383,3 +383,46 @@ def test_reserve_takes_a_rank_zero_slot() -> None:
         pool.reserve()
     pool.remove(0)
     assert pool.used_slots == [1]
+
+
+# --- prepare / add_prepared: check every pool first, then write -------------------------------
+
+
+@pytest.mark.parametrize(("kwargs", "error", "message"), BAD_ADDS)
+def test_prepare_refuses_what_add_refuses_and_writes_nothing(kwargs: dict, error: type, message: str) -> None:
+    pool, before = _full_pool()
+    with pytest.raises(error, match=message.replace(r"LoRAPool\.add:", r"LoRAPool\.prepare:")):
+        pool.prepare(**kwargs)
+    _assert_unchanged(pool, before, [0])
+
+
+def test_prepare_then_add_prepared_equals_add() -> None:
+    A, B = _weights(3, 8, 6, dtype=torch.float64, seed=4)
+    bias = torch.randn(6, dtype=torch.float64)
+    added = LoRAPool(8, 6, max_adapters=3, max_rank=4, dtype=torch.bfloat16, bias=True)
+    staged = LoRAPool(8, 6, max_adapters=3, max_rank=4, dtype=torch.bfloat16, bias=True)
+    for pool in (added, staged):
+        pool.reserve()
+    prepared = staged.prepare(A, B, 0.75, bias)
+    assert staged.used_slots == [0] and not staged.lora_a[1].any()  # prepare wrote nothing
+    assert prepared.lora_A.dtype == torch.bfloat16 and prepared.rank == 3
+    assert added.add(A, B, 0.75, bias) == staged.add_prepared(prepared) == 1
+    for name, t in _pool_tensors(added).items():
+        assert torch.equal(t, _pool_tensors(staged)[name]), name
+    assert staged.add_prepared(prepared) == 2  # the same content again: a copy in the next slot
+    with pytest.raises(RuntimeError, match=r"LoRAPool\.add_prepared: the pool is full: all max_adapters = 3"):
+        staged.add_prepared(prepared)
+
+
+def test_add_prepared_refuses_another_pools_content() -> None:
+    pool, before = _full_pool()
+    other = LoRAPool(8, 6, max_adapters=2, max_rank=4, bias=True)
+    with pytest.raises(
+        ValueError,
+        match=r"LoRAPool\.add_prepared: prepared must be what this pool's prepare\(\) returned, got one "
+        r"prepared by another pool \(LoRAPool\(in_features=8",
+    ):
+        pool.add_prepared(other.prepare(A_OK, B_OK, 1.0))
+    with pytest.raises(ValueError, match=r"prepare\(\) returned, got tuple\."):
+        pool.add_prepared((A_OK, B_OK, 1.0))
+    _assert_unchanged(pool, before, [0])
