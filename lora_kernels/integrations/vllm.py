@@ -38,7 +38,8 @@ import lora_kernels as lk
 
 __all__ = ["LoRAKernelsPunicaWrapper", "register", "ENV_SWITCH", "TESTED_VLLM"]
 
-logger = logging.getLogger("lora_kernels.vllm")
+# Under vLLM's logger, so that the line comes out with vLLM's own format and level.
+logger = logging.getLogger("vllm.plugins.lora_kernels")
 
 #: The one switch: set to 1 to serve vLLM's LoRA layers with lora_kernels.
 ENV_SWITCH = "LORA_KERNELS_VLLM"
@@ -108,7 +109,7 @@ class LoRAKernelsPunicaWrapper(PunicaWrapperBase):
         self._call_log = os.environ.get(ENV_CALL_LOG) or None
         if not LoRAKernelsPunicaWrapper._announced:
             LoRAKernelsPunicaWrapper._announced = True
-            logger.warning(
+            logger.info(
                 "lora_kernels %s is active: vLLM %s runs its LoRA layers on lora_kernels' ops (%s=1, "
                 "device %s).", lk.__version__, vllm.__version__, ENV_SWITCH, device,
             )
@@ -166,10 +167,20 @@ class LoRAKernelsPunicaWrapper(PunicaWrapperBase):
         if not kwargs.get("add_inputs", True):
             y2.zero_()
         indices = self._token_indices(x.shape[0])
-        # One add_lora per slice, each writing a column slice of y in place. When
-        # lk.add_lora_slices lands (all slices in one launch), it replaces this loop.
+        a_list = [_stack3(a) for a in lora_a_stacked]
+        b_list = [_stack3(b) for b in lora_b_stacked]
+        add_lora_slices = getattr(lk, "add_lora_slices", None)
+        if add_lora_slices is not None and len(a_list) > 1 and all(
+            t.dtype == x.dtype == y2.dtype for t in a_list + b_list
+        ):
+            # Every slice of a fused layer (qkv, gate_up) in one call (DESIGN §2).
+            scaling = self._ones(a_list[0].shape[0], scale, x.device)
+            add_lora_slices(y2[:, : sum(output_slices)], x, a_list, b_list, [scaling] * len(a_list), indices)
+            return y
+        # One add_lora per slice, each writing its column slice of y in place (until
+        # lk.add_lora_slices exists in this build).
         offset = 0
-        for a, b, width in zip(lora_a_stacked, lora_b_stacked, output_slices):
+        for a, b, width in zip(a_list, b_list, output_slices):
             self._add_lora(y2[:, offset:offset + width], x, a, b, scale, indices)
             offset += width
         return y

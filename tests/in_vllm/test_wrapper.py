@@ -64,7 +64,36 @@ def check(d, d_ref, slots):
     assert err < 1e-5, err
 
 
-def test_add_lora_linear_fused_slices_and_base_rows():
+def per_slice_add_lora_slices(y, x, lora_a, lora_b, scaling, indices=None, **kwargs):
+    """DESIGN §2's add_lora_slices, composed of add_lora on each column slice (its definition)."""
+    import lora_kernels as lk
+
+    calls.append(len(lora_a))
+    offset = 0
+    for a, b, s in zip(lora_a, lora_b, scaling):
+        lk.add_lora(y[:, offset:offset + b.shape[1]], x, a, b, s, indices, **kwargs)
+        offset += b.shape[1]
+    return y
+
+
+calls: list[int] = []
+
+
+@pytest.fixture(params=["installed", "add_lora_slices"])
+def slices_path(request, monkeypatch):
+    """The wrapper's fused-layer path: lk.add_lora_slices when the build has it, else per slice.
+    Both are run: the second through add_lora_slices's definition where the build lacks it."""
+    import lora_kernels as lk
+
+    if request.param == "add_lora_slices" and not hasattr(lk, "add_lora_slices"):
+        monkeypatch.setattr(lk, "add_lora_slices", per_slice_add_lora_slices, raising=False)
+    calls.clear()
+    return request.param
+
+
+def test_add_lora_linear_fused_slices_and_base_rows(slices_path):
+    import lora_kernels as lk
+
     w = wrapper()
     widths = (24, 8, 8)  # a fused qkv: q wider than k and v
     pairs = [stacks(H_IN, h, seed=i) for i, h in enumerate(widths)]
@@ -75,6 +104,8 @@ def test_add_lora_linear_fused_slices_and_base_rows():
     d_ref = torch.cat([ref_update(x, a, b, TOKEN_SLOTS) for a, b in pairs], dim=1)
     check(y - y0, d_ref, TOKEN_SLOTS)
     assert w.calls["add_lora_linear"] == 1
+    if slices_path == "add_lora_slices" and lk.add_lora_slices is per_slice_add_lora_slices:
+        assert calls == [3]  # one call for the three slices
 
 
 def test_add_lora_linear_scale_and_overwrite():
