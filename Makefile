@@ -40,7 +40,7 @@ test: test-cpp test-python
 # once in a cache folder outside the clone (tests/in_vllm/setup_env.sh); the tests run from
 # tests/in_vllm so that the installed lora_kernels, not the in-tree one, is imported.
 test-vllm:
-	VPY="$$(bash tests/in_vllm/setup_env.sh)" && cd tests/in_vllm && "$$VPY" -m pytest -q -p no:cacheprovider .
+	VPY="$$(bash tests/in_vllm/setup_env.sh)" && cd tests/in_vllm && "$$VPY" -m pytest -q -raP -p no:cacheprovider .
 
 bench: build
 	$(PY) -m lora_kernels bench

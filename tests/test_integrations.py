@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -23,8 +25,7 @@ def test_import_lora_kernels_imports_no_engine():
 
 def test_vllm_plugin_is_declared():
     """The entry point vLLM looks for, in the metadata our package ships."""
-    import tomllib
-
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
         meta = tomllib.load(f)
     points = meta["project"]["entry-points"]["vllm.general_plugins"]
