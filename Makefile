@@ -14,7 +14,7 @@ export MAX_JOBS ?= 2
 CUDA_TOP := $(shell nvcc --dryrun -c -x cu /dev/null 2>&1 | sed -n 's/.*TOP=\([^ ]*\).*/\1/p' | head -n 1)
 CMAKE_CUDA := $(if $(CUDA_TOP),-DCMAKE_CUDA_COMPILER=$(realpath $(CUDA_TOP))/bin/nvcc,-DLORA_KERNELS_WITH_CUDA=OFF)
 
-.PHONY: setup build test test-python test-cpp bench wheel clean
+.PHONY: setup build test test-python test-cpp test-install bench wheel clean
 
 $(VENV)/.installed: Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -53,7 +53,12 @@ test-cpp:
 test-python: build
 	$(PY) -m pytest -q tests
 
-test: test-cpp test-python
+# An isolated `pip install .` (CPU only) into a fresh venv imports and runs (tests/test_install.py;
+# several minutes: torch is installed twice). A plain `pytest tests` leaves it out (marker install).
+test-install: setup
+	$(PY) -m pytest -q -m install tests/test_install.py
+
+test: test-cpp test-python test-install
 
 # `make bench` writes the rows (JSON) and the plot (PNG) here, and prints where.
 BENCH_OUT ?= benchmarks/results/local
