@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.14.1
-TEST_DEPS := numpy safetensors pytest hypothesis pytest-benchmark expecttest ninja setuptools wheel \
+TEST_DEPS := numpy safetensors "google-re2==1.1.20251105" pytest hypothesis pytest-benchmark expecttest ninja setuptools wheel \
 	matplotlib "transformers==5.23.0" "peft==0.21.2"
 export MAX_JOBS ?= 2
 
@@ -14,7 +14,7 @@ export MAX_JOBS ?= 2
 CUDA_TOP := $(shell nvcc --dryrun -c -x cu /dev/null 2>&1 | sed -n 's/.*TOP=\([^ ]*\).*/\1/p' | head -n 1)
 CMAKE_CUDA := $(if $(CUDA_TOP),-DCMAKE_CUDA_COMPILER=$(realpath $(CUDA_TOP))/bin/nvcc,-DLORA_KERNELS_WITH_CUDA=OFF)
 
-.PHONY: setup build test test-python test-cpp test-install bench wheel clean
+.PHONY: setup build test test-python test-cpp test-simt test-install bench wheel clean
 
 $(VENV)/.installed: Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -53,12 +53,16 @@ test-cpp:
 test-python: build
 	$(PY) -m pytest -q tests
 
+# The CUDA kernels run on the CPU (tests/simt: g++, ASan + UBSan, planted bugs); no GPU needed.
+test-simt:
+	$(MAKE) -C tests/simt -j$(MAX_JOBS) CUDA_TOP=$(CUDA_TOP)
+
 # An isolated `pip install .` (CPU only) into a fresh venv imports and runs (tests/test_install.py;
 # several minutes: torch is installed twice). A plain `pytest tests` leaves it out (marker install).
 test-install: setup
 	$(PY) -m pytest -q -m install tests/test_install.py
 
-test: test-cpp test-python test-install
+test: test-cpp test-python test-simt test-install
 
 # `make bench` writes the rows (JSON) and the plot (PNG) here, and prints where.
 BENCH_OUT ?= benchmarks/results/local

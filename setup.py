@@ -119,7 +119,8 @@ def torch_requirement(version: str) -> str:
     return "torch==" + version.split("+")[0]
 
 
-INSTALL_REQUIRES = [torch_requirement(torch.__version__), "numpy", "safetensors"]
+# google-re2: pinned to the release tested, as lora_kernels/_regex.py calls its low-level API.
+INSTALL_REQUIRES = [torch_requirement(torch.__version__), "numpy", "safetensors", "google-re2==1.1.20251105"]
 
 BUILD_FACTS = {"torch": torch.__version__, "cuda": with_cuda, "cuda_version": cuda_version, "archs": archs}
 

@@ -9,6 +9,7 @@ from .scaling import lora_scaling
 from .ops import (
     add_lora,
     add_lora_embedding,
+    add_lora_slices,
     bgmv_expand,
     bgmv_shrink,
     sgmv_expand,
@@ -30,6 +31,7 @@ __all__ = [
     "sgmv_expand",
     "add_lora",
     "add_lora_embedding",
+    "add_lora_slices",
     "LoRAPool",
     "BatchMetadata",
     "load_peft_adapter",

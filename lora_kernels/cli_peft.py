@@ -95,6 +95,13 @@ def format_inspect(adapter) -> str:
                 f"  base-layer {what} copies saved inside: {shown} (served only if equal to "
                 f"the base model's own)"
             )
+    ignored = getattr(adapter, "ignored_modules", [])
+    if ignored:
+        shown = ", ".join(ignored[:8]) + (f", ... ({len(ignored)} in all)" if len(ignored) > 8 else "")
+        lines.append(
+            f"  ignored (tensors saved, but not selected by target_modules / exclude_modules / "
+            f"layers_to_transform; PEFT ignores them too): {shown}"
+        )
     header = ["module", "kind", "r", "alpha", "rsLoRA", "scale", "alpha/r", "factor"]
     if rp or ap:
         header += ["from"]

@@ -335,7 +335,7 @@ def shard_peft_adapter(
             f"{where}: adapter must be a PeftAdapter (with a .modules mapping), "
             f"got {type(adapter).__name__}."
         )
-    key_of = {name: match_pattern_key(parsed, name) for name in modules}  # PEFT's own rule
+    key_of = {name: match_pattern_key(parsed, name, "styles") for name in modules}  # PEFT's own rule (RE2)
     unmatched = [name for name, key in key_of.items() if key is None]
     if unmatched:
         raise ValueError(

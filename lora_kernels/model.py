@@ -45,7 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from .metadata import BatchMetadata
-from .peft import LoRAModule, PeftAdapter, PeftAdapterError, load_peft_adapter
+from .peft import LoRAModule, PeftAdapter, PeftAdapterError, load_peft_adapter, selected_modules_without_tensors
 from .pool import LoRAPool
 
 __all__ = ["MultiLoRAModel", "LoRALayer", "BASE_ADAPTER_NAME"]
@@ -585,6 +585,16 @@ class MultiLoRAModel(nn.Module):
             return None
         return module.base_layer if isinstance(module, LoRALayer) else module
 
+    def _base_named_modules(self):
+        """The base model's (name, module) pairs as they were before wrapping."""
+        inside = None
+        for mname, module in self.base_model.named_modules():
+            if inside is not None and mname.startswith(inside):
+                continue
+            if isinstance(module, LoRALayer):
+                inside, module = mname + ".", module.base_layer
+            yield mname, module
+
     def _validate(self, name: str, adapter: PeftAdapter) -> None:
         """Everything that can refuse the adapter, checked before anything changes."""
         problems: list[str] = []
@@ -626,6 +636,8 @@ class MultiLoRAModel(nn.Module):
                 )
             if self._fixed_rank is not None and m.r > self._fixed_rank:
                 problems.append(f"module {mname!r} has rank {m.r} > max_rank = {self._fixed_rank}")
+        # Modules PEFT's config selects but the adapter has no tensors for (issue 13, item 6).
+        problems += selected_modules_without_tensors(adapter, self._base_named_modules())
         for copies, attr in ((adapter.base_weights, "weight"), (adapter.base_biases, "bias")):
             for mname, saved in copies.items():
                 module = self._served_module(mname)

@@ -21,7 +21,9 @@ from torch import Tensor
 
 from . import _build  # noqa: F401  (loads the compiled ops)
 
-__all__ = ["bgmv_shrink", "bgmv_expand", "sgmv_shrink", "sgmv_expand", "add_lora", "add_lora_embedding"]
+__all__ = [
+    "bgmv_shrink", "bgmv_expand", "sgmv_shrink", "sgmv_expand", "add_lora", "add_lora_embedding", "add_lora_slices",
+]
 
 _ops = torch.ops.lora_kernels
 
@@ -154,6 +156,72 @@ def add_lora_embedding(
     """
     _ops.add_lora_embedding(y, token_ids, lora_a, lora_b, scaling, indices, ranks)
     return y
+
+
+def add_lora_slices(
+    y: Tensor,
+    x: Tensor,
+    lora_a: list[Tensor],
+    lora_b: list[Tensor],
+    scaling: list[Tensor],
+    indices: Tensor | None = None,
+    *,
+    seg_indptr: Tensor | None = None,
+    seg_adapter: Tensor | None = None,
+    ranks: list[Tensor] | None = None,
+    lora_bias: list[Tensor] | None = None,
+) -> Tensor:
+    """y[t, o_i : o_i + H_out_i] += scaling[i][a] * ((x[t] @ lora_a[i][a, :r].T) @ lora_b[i][a, :, :r].T
+    + lora_bias[i][a]) for every slice i, with a the slot of token t and r = ranks[i][a]; in place.
+
+    Several LoRA slices side by side in the columns of one ``y``: a fused qkv output (q, k and v
+    of different widths under GQA, each with its own rank and scale through PEFT's
+    ``rank_pattern`` / ``alpha_pattern``) or a fused gate_up output. Slice i covers columns
+    ``o_i = H_out_0 + ... + H_out_{i-1}`` to ``o_i + H_out_i``; the result equals
+    :func:`add_lora` on each column slice ``y[:, o_i : o_i + H_out_i]``. Every argument of every
+    slice is checked before anything is written. On CPU the grouping of tokens by slot is built
+    once for every slice and both phases, and each phase is one parallel loop over slices x work
+    items. On CUDA this build still launches the :func:`add_lora` kernels once per slice.
+
+    Args:
+        y: [T, H_out_0 + ... + H_out_{n-1}] output accumulated into (row-strided views allowed).
+        x: [T, H_in] activations, shared by every slice.
+        lora_a: n tensors, lora_a[i] [N, R_i, H_in] (the same N for every slice).
+        lora_b: n tensors, lora_b[i] [N, H_out_i, R_i].
+        scaling: n float32 tensors, scaling[i] [N].
+        indices: [T] int32/int64 slot per token (-1 = none), or give ``seg_indptr`` [S+1] and
+            ``seg_adapter`` [S] instead, as in :func:`add_lora`.
+        ranks: optional n int32/int64 tensors, ranks[i] [N] with 0 <= ranks[i][a] <= R_i.
+        lora_bias: optional n tensors, lora_bias[i] [N, H_out_i].
+
+    Returns:
+        y.
+
+    Example:
+        >>> qkv = x @ w_qkv.T                          # [T, 4096 + 1024 + 1024]
+        >>> lk.add_lora_slices(qkv, x, [q.lora_a, k.lora_a, v.lora_a], [q.lora_b, k.lora_b, v.lora_b],
+        ...                    [q.scaling, k.scaling, v.scaling], meta.indices,
+        ...                    ranks=[q.ranks, k.ranks, v.ranks])   # q, k, v: one LoRAPool each
+    """
+    _ops.add_lora_slices(
+        y, x, _slice_list("lora_a", lora_a), _slice_list("lora_b", lora_b), _slice_list("scaling", scaling), indices,
+        seg_indptr=seg_indptr, seg_adapter=seg_adapter,
+        ranks=None if ranks is None else _slice_list("ranks", ranks),
+        lora_bias=None if lora_bias is None else _slice_list("lora_bias", lora_bias),
+    )
+    return y
+
+
+def _slice_list(name: str, value) -> list[Tensor]:
+    """A per-slice argument of add_lora_slices as a list of tensors; a lone tensor is refused
+    (iterating it would silently split its first dimension into slices)."""
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"add_lora_slices: {name} must be a list of tensors (one per slice), "
+                        f"got {type(value).__name__}.")
+    for i, item in enumerate(value):
+        if not isinstance(item, Tensor):
+            raise TypeError(f"add_lora_slices: {name}[{i}] must be a Tensor, got {type(item).__name__}.")
+    return list(value)
 
 
 # Fake implementations, for torch.compile / FakeTensor tracing and for the Meta dispatch key (a
@@ -375,3 +443,54 @@ def _add_lora_embedding_fake(y, token_ids, lora_a, lora_b, scaling, indices, ran
     if ranks is not None:
         c.index_vec("ranks", ranks, lora_a.shape[0], "[N]")
     c.expand(y, None, lora_b, scaling, None, ranks)
+
+
+@torch.library.register_fake("lora_kernels::add_lora_slices")
+def _add_lora_slices_fake(
+    y, x, lora_a, lora_b, scaling, indices=None, *, seg_indptr=None, seg_adapter=None, ranks=None, lora_bias=None
+):
+    op = "add_lora_slices"
+    c = _FakeChecks(op)
+
+    def each(name, items):  # a per-slice list's tensors, named like lora_a[1]
+        return {} if items is None else {f"{name}[{i}]": t for i, t in enumerate(items)}
+
+    c.devices("y", y, x=x, **each("lora_a", lora_a), **each("lora_b", lora_b), **each("scaling", scaling),
+              indices=indices, seg_indptr=seg_indptr, seg_adapter=seg_adapter, **each("ranks", ranks),
+              **each("lora_bias", lora_bias))
+    T = c.num_tokens("x", x, "[T, H_in]")
+    y_tokens = c.num_tokens("y", y, "[T, H_out]")
+    c.require(y_tokens == T, lambda: f"y must have shape [T, H_out] with T = {T} (from x), got shape {_shape(y)}.")
+    c.require(y.dtype == x.dtype, lambda: f"y must have the same dtype as x ({_dt(x.dtype)}), got {_dt(y.dtype)}.")
+    n = len(lora_a)
+    c.require(n > 0, lambda: "lora_a must be a list of at least one slice's [N, R, H_in] stack, got an empty list.")
+    for name, given in (("lora_b", lora_b), ("scaling", scaling), ("ranks", ranks), ("lora_bias", lora_bias)):
+        if given is not None:
+            c.require(len(given) == n,
+                      lambda: f"{name} must be a list of {n} tensors (one per slice, as lora_a), got {len(given)}.")
+    slices = [_FakeChecks(f"{op} (slice {i})") for i in range(n)]
+    N = None  # from lora_a[0], once the first pair is checked
+    for i, s in enumerate(slices):
+        s.pair(lora_a[i], lora_b[i], "[N, H_out, R]")
+        if i == 0:
+            N = lora_a[0].shape[0]
+        c.require(lora_a[i].shape[0] == N,
+                  lambda: f"every slice must have the same number of slots N = {N} (from lora_a[0]), "
+                  f"got lora_a[{i}] with shape {_shape(lora_a[i])}.")
+        if lora_bias is not None:
+            bias, h_out = lora_bias[i], lora_b[i].shape[1]
+            s.require(bias.dim() == 2 and bias.shape[0] == N and bias.shape[1] == h_out,
+                      lambda: f"lora_bias must have shape [N, H_out] with N = {N} and H_out = {h_out} "
+                      f"(from lora_b), got shape {_shape(bias)}.")
+    widths = [b.shape[1] for b in lora_b]
+    c.require(y.shape[1] == sum(widths),
+              lambda: f"y must have shape [T, H_out] with H_out = {' + '.join(map(str, widths))} = {sum(widths)} "
+              f"(the slices' H_out side by side), got shape {_shape(y)}.")
+    c.token_map(T, indices, seg_indptr, seg_adapter)
+    offset = 0
+    for i, s in enumerate(slices):
+        ranks_i = None if ranks is None else ranks[i]
+        s.shrink(x, lora_a[i], ranks_i)
+        s.expand(y[:, offset : offset + widths[i]], None, lora_b[i], scaling[i],
+                 None if lora_bias is None else lora_bias[i], ranks_i)
+        offset += widths[i]

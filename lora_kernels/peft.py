@@ -15,6 +15,15 @@ where ``r`` and ``alpha`` are the module's own values after PEFT's ``rank_patter
 dict's order wins, and r and alpha are looked up independently (PEFT >= 0.15; pinned against
 PEFT 0.21.2 in the tests). ``r`` is checked against the tensor shapes.
 
+The modules served are the ones PEFT 0.21.2 puts a LoRA layer on: those the config's
+``target_modules`` / ``exclude_modules`` / ``layers_to_transform`` / ``layers_pattern`` select
+(:func:`config_selects`); PEFT ignores the saved tensors of any other module, and so does the
+loader (``PeftAdapter.ignored_modules``). Every regex of a config runs in linear time (parsed by
+Python's ``re`` parser, run by RE2; see :mod:`lora_kernels._regex`), and a config is refused past
+the limits ``MAX_CONFIG_BYTES``, ``MAX_PATTERN_KEYS``, ``MAX_REGEX_KEYS``,
+``MAX_PATTERN_LENGTH``, ``MAX_NAME_LENGTH``, ``MAX_PATTERN_MATCHES``, ``MAX_REGEX_MATCHES`` and
+``MAX_INT_DIGITS``: a server can load adapters that users upload.
+
 Anything the kernels would not reproduce exactly is refused with a :class:`PeftAdapterError`
 that names it and says why: DoRA, ``modules_to_save``, ``target_parameters``,
 ``layer_replication``, trainable tokens, other LoRA variants, base-weight-modifying
@@ -38,7 +47,9 @@ import math
 import numbers
 import os
 import re
-from collections.abc import Mapping
+import functools
+import reprlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +58,7 @@ import safetensors.torch
 import torch
 from torch import Tensor
 
+from . import _regex
 from .scaling import lora_scaling
 
 __all__ = [
@@ -57,18 +69,46 @@ __all__ = [
     "adapter_from_state_dict",
     "check_lora_config",
     "match_pattern_key",
+    "compile_pattern_key",
+    "config_selects",
+    "selected_modules_without_tensors",
     "resolve_rank_alpha",
     "read_safetensors",
     "CONFIG_NAME",
     "SAFETENSORS_NAME",
     "BIN_NAME",
     "KEY_PREFIX",
+    "MAX_CONFIG_BYTES",
+    "MAX_PATTERN_KEYS",
+    "MAX_REGEX_KEYS",
+    "MAX_PATTERN_LENGTH",
+    "MAX_NAME_LENGTH",
+    "MAX_INT_DIGITS",
+    "MAX_PATTERN_MATCHES",
+    "MAX_REGEX_MATCHES",
 ]
 
 CONFIG_NAME = "adapter_config.json"
 SAFETENSORS_NAME = "adapter_model.safetensors"
 BIN_NAME = "adapter_model.bin"
 KEY_PREFIX = "base_model.model."  # PEFT's prefix of every saved tensor key
+
+# Limits on an adapter config (a server loads adapters that users upload). Each is far above
+# any real adapter: a real adapter_config.json is a few KB (a per-module rank_pattern of a
+# huge model a few hundred KB), nests 3 levels, has at most a few thousand pattern keys of at
+# most a few hundred characters, and module names of about 100 characters.
+MAX_CONFIG_BYTES = 16 * 1024 * 1024  # bytes of adapter_config.json
+MAX_PATTERN_KEYS = 10_000  # keys of rank_pattern, of alpha_pattern (each)
+MAX_REGEX_KEYS = 1_000  # of which keys with regex syntax (beyond letters, digits, "_", "-", ".")
+MAX_PATTERN_LENGTH = 16_384  # characters of one pattern key / target / exclude / layers_pattern entry
+MAX_NAME_LENGTH = 4_096  # characters of a module name (from a tensor key)
+MAX_INT_DIGITS = 100  # digits of an integer in the config
+# Matching a rank_pattern / alpha_pattern to the adapter's modules, per pattern: groups of plain
+# keys x modules (a dict lookup each, under 1 us; a real per-module pattern of a huge model,
+# 50k modules whose names are the keys, has about 20 groups) and regex keys x modules (an RE2
+# run each, a few us; real patterns have a handful of regex keys).
+MAX_PATTERN_MATCHES = 5_000_000
+MAX_REGEX_MATCHES = 500_000
 
 
 class PeftAdapterError(ValueError):
@@ -127,6 +167,9 @@ class PeftAdapter:
       adapter (``embed_tokens`` / ``lm_head`` copies, or a resized vocabulary). Served only if
       equal to the served model's own weight (checked when the adapter joins a model).
     - ``base_biases``: the same for a saved base-layer ``bias``.
+    - ``ignored_modules``: modules whose LoRA tensors are in the file but that the config's
+      ``target_modules`` / ``exclude_modules`` / ``layers_to_transform`` do not select; PEFT
+      ignores those tensors, and so does lora_kernels.
     """
 
     path: str | None
@@ -134,6 +177,7 @@ class PeftAdapter:
     modules: dict[str, LoRAModule]
     base_weights: dict[str, Tensor] = field(default_factory=dict)
     base_biases: dict[str, Tensor] = field(default_factory=dict)
+    ignored_modules: list[str] = field(default_factory=list)
 
     @property
     def use_rslora(self) -> bool:
@@ -170,10 +214,6 @@ _INFORMATIONAL = frozenset(
         "revision",
         "peft_version",
         "inference_mode",
-        "target_modules",  # the saved tensors say which modules are adapted
-        "exclude_modules",
-        "layers_to_transform",
-        "layers_pattern",
         "lora_dropout",  # identity at inference
         "fan_in_fan_out",  # only changes merging; forward uses lora_A [r, in], lora_B [out, r]
         "init_lora_weights",
@@ -189,8 +229,27 @@ _INFORMATIONAL = frozenset(
 
 # Fields we implement.
 _IMPLEMENTED = frozenset(
-    {"r", "lora_alpha", "use_rslora", "rank_pattern", "alpha_pattern", "lora_bias", "bias"}
+    {
+        "r",
+        "lora_alpha",
+        "use_rslora",
+        "rank_pattern",
+        "alpha_pattern",
+        "lora_bias",
+        "bias",
+        # which modules PEFT puts a LoRA layer on (PEFT ignores the saved tensors of any other
+        # module): see config_selects
+        "target_modules",
+        "exclude_modules",
+        "layers_to_transform",
+        "layers_pattern",
+    }
 )
+
+# init_lora_weights values for which PEFT's fresh LoRA layer adds exactly zero (lora_B, or
+# lora_embedding_A, set to zero; lora_B.bias too): what PEFT serves on a module its config
+# selects but the saved tensors do not cover.
+_ZERO_INITS = (True, "gaussian")
 
 # Fields we refuse when set to anything but their default, with the reason.
 _REFUSED: dict[str, str] = {
@@ -238,23 +297,387 @@ def _is_default_like(value: Any) -> bool:
     return value is None or value is False or (isinstance(value, (dict, list, tuple, str)) and not value)
 
 
+class _HugeInt:
+    """An integer of more than MAX_INT_DIGITS digits in adapter_config.json, kept as its digits
+    (converting it would be quadratic in its length, and refused past 4300 digits by Python)."""
+
+    __slots__ = ("digits",)
+
+    def __init__(self, digits: str) -> None:
+        self.digits = digits
+
+    def __repr__(self) -> str:
+        return f"<an integer of {len(self.digits.lstrip('-'))} digits>"
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 80
+_REPR.maxlevel = 3
+_REPR.maxdict = _REPR.maxlist = 8
+
+
+def _short(value: Any) -> str:
+    """repr() bounded in length and depth, for error messages about untrusted values."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**MAX_INT_DIGITS:
+        return f"<an integer of {len(str(abs(value))) if abs(value) < 10**4000 else 'more than 4000'} digits>"
+    try:
+        return _REPR.repr(value)
+    except (RecursionError, ValueError):
+        return f"<a {type(value).__name__}>"
+
+
 def _refuse(where: str, problems: list[str]) -> PeftAdapterError:
     lines = "\n".join(f"  - {p}" for p in problems)
     return PeftAdapterError(f"cannot serve the adapter {where} exactly as PEFT would:\n{lines}")
 
 
 def _check_positive_int(value: Any, what: str, problems: list[str]) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        problems.append(f"{what} must be a positive int, got {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Integral)
+        or not 1 <= value < 10**MAX_INT_DIGITS  # no rank has 100 digits (and past 4300, no str())
+    ):
+        problems.append(f"{what} must be a positive int, got {_short(value)}")
 
 
 def _check_alpha(value: Any, what: str, problems: list[str]) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not math.isfinite(float(value))
-    ):
-        problems.append(f"{what} must be a finite number, got {value!r}")
+    try:
+        ok = (
+            not isinstance(value, bool)
+            and isinstance(value, numbers.Real)
+            and math.isfinite(float(value))
+        )
+    except OverflowError:  # an int too large for a float (10**400)
+        ok = False
+    if not ok:
+        problems.append(f"{what} must be a finite number, got {_short(value)}")
+
+
+def _pattern_regex(key: str) -> str:
+    """PEFT's regex for a rank_pattern / alpha_pattern key (peft.utils.other.get_pattern_key)."""
+    return rf"(.*\.)?({key})$"
+
+
+def compile_pattern_key(key: Any, field: str = "pattern"):
+    """The linear-time (RE2) program of PEFT's rule for key ``key`` of ``field``.
+
+    Matches exactly what ``re.match(rf"(.*\\.)?({key})$", name)`` matches on every module name
+    of printable ASCII characters (see :mod:`lora_kernels._regex`). Raises
+    :class:`PeftAdapterError` naming ``field`` and the key when the key is not a string, is
+    longer than ``MAX_PATTERN_LENGTH``, is not a valid Python regex, or uses a construct RE2
+    lacks (backreferences, lookaround, ...).
+    """
+    if not isinstance(key, str):
+        raise PeftAdapterError(f"{field} key {_short(key)} must be a string, got {type(key).__name__}.")
+    if len(key) > MAX_PATTERN_LENGTH:
+        raise PeftAdapterError(
+            f"{field} key {_short(key)} has {len(key)} characters, more than the limit "
+            f"MAX_PATTERN_LENGTH = {MAX_PATTERN_LENGTH}."
+        )
+    try:
+        return _regex.compile_python_regex(_pattern_regex(key))
+    except _regex.RegexError as exc:
+        raise PeftAdapterError(f"{field} key {_short(key)} cannot be matched: {exc}.") from None
+
+
+def _compile_field_regex(pattern: str, field: str, capture: bool = False):
+    """A whole regex given by a config field (target_modules / exclude_modules strings,
+    layers_pattern), as RE2; PeftAdapterError naming the field when it cannot be."""
+    try:
+        return _regex.compile_python_regex(pattern, capture)
+    except _regex.RegexError as exc:
+        raise PeftAdapterError(f"{field}: {exc}.") from None
+
+
+# A key made of these characters only is a fixed-length regex: letters, digits, "_" and "-"
+# match themselves and "." any character (every name matched is printable ASCII).
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_.\-]+")
+
+
+def _is_plain_key(key: Any) -> bool:
+    return isinstance(key, str) and len(key) <= MAX_PATTERN_LENGTH and _PLAIN_KEY.fullmatch(key) is not None
+
+
+def _dot_suffixes(name: str) -> Iterable[str]:
+    """``name`` and every part of it after a ".": the strings ``(.*\\.)?`` leaves to the key."""
+    yield name
+    start = name.find(".")
+    while start != -1:
+        yield name[start + 1 :]
+        start = name.find(".", start + 1)
+
+
+class _KeyMatcher:
+    """PEFT's first-matching-key rule for one rank_pattern / alpha_pattern (its keys in order).
+
+    A plain key (``_PLAIN_KEY``: most real keys are module names) matches ``name`` when one of
+    name's dot-suffixes has the key's length and equals the key outside the key's "." positions;
+    plain keys are grouped by length and "." positions, each group a dict, so a name costs a few
+    dict lookups whatever the number of keys. Other keys run as RE2 programs, in order, only
+    while they precede the best plain match: at most ``groups`` lookups and ``len(programs)``
+    RE2 runs per name.
+    """
+
+    def __init__(self, keys: tuple, field: str) -> None:
+        self.keys = keys
+        self.field = field
+        self.programs: list[tuple[int, Any]] = []
+        groups: dict[tuple[int, tuple], dict[tuple, int]] = {}
+        for index, key in enumerate(keys):
+            if _is_plain_key(key):
+                spans, start = [], 0
+                for part in key.split("."):
+                    spans.append((start, start + len(part)))
+                    start += len(part) + 1
+                table = groups.setdefault((len(key), tuple(spans)), {})
+                table.setdefault(tuple(key[a:b] for a, b in spans), index)  # first key wins
+            else:
+                self.programs.append((index, compile_pattern_key(key, field)))
+        self.by_length: dict[int, list[tuple[tuple, dict[tuple, int]]]] = {}
+        for (length, spans), table in groups.items():
+            self.by_length.setdefault(length, []).append((spans, table))
+        self.groups = len(groups)
+
+    def first(self, name: str) -> str | None:
+        best = len(self.keys)
+        for suffix in _dot_suffixes(name):
+            for spans, table in self.by_length.get(len(suffix), ()):
+                index = table.get(tuple(suffix[a:b] for a, b in spans))
+                if index is not None and index < best:
+                    best = index
+        if self.programs and self.programs[0][0] < best:
+            data = name.encode()
+            for index, program in self.programs:
+                if index >= best:
+                    break
+                if program.match_bytes(data):
+                    best = index
+                    break
+        return self.keys[best] if best < len(self.keys) else None
+
+
+@functools.lru_cache(maxsize=32)
+def _key_matcher(keys: tuple, field: str) -> _KeyMatcher:
+    return _KeyMatcher(keys, field)
+
+
+def _check_name(name: str, field: str) -> None:
+    if len(name) > MAX_NAME_LENGTH or not _regex.check_text(name):
+        raise PeftAdapterError(
+            f"module name {_short(name)} must be 1 to MAX_NAME_LENGTH = {MAX_NAME_LENGTH} "
+            f"printable ASCII characters to be matched against {field} (there, the linear-time "
+            f"engine's matches are exactly Python's); got {len(name)} characters."
+        )
+
+
+def _check_string_list(value: Any, field: str, problems: list[str], allow_str: bool) -> None:
+    """target_modules / exclude_modules / layers_pattern: a string (a regex) or a list of
+    strings, each at most MAX_PATTERN_LENGTH characters."""
+    if isinstance(value, str):
+        if not allow_str:
+            problems.append(f"{field} must be a list of strings, got {_short(value)}")
+        elif len(value) > MAX_PATTERN_LENGTH:
+            problems.append(
+                f"{field} has {len(value)} characters, more than the limit "
+                f"MAX_PATTERN_LENGTH = {MAX_PATTERN_LENGTH}"
+            )
+        return
+    if not isinstance(value, (list, tuple)):
+        problems.append(f"{field} must be a string or a list of strings, got {_short(value)}")
+        return
+    for entry in value:
+        if not isinstance(entry, str):
+            problems.append(f"{field} must hold strings only, got {_short(entry)}")
+            return
+        if len(entry) > MAX_PATTERN_LENGTH:
+            problems.append(
+                f"{field} entry {_short(entry)} has {len(entry)} characters, more than the limit "
+                f"MAX_PATTERN_LENGTH = {MAX_PATTERN_LENGTH}"
+            )
+            return
+
+
+def _check_selection(config: Mapping[str, Any], problems: list[str]) -> None:
+    """target_modules, exclude_modules, layers_to_transform, layers_pattern: the types PEFT
+    0.21.2 accepts, LoraConfig.__post_init__'s own refusals, and every regex compiles to RE2."""
+    target = config.get("target_modules")
+    if target is None:
+        problems.append(
+            "target_modules=None: PEFT picks the modules from the base model's type when it loads "
+            "such a config; lora_kernels needs them written out (PEFT's save_pretrained writes them)"
+        )
+    elif isinstance(target, str) and target.lower() == "all-linear":
+        problems.append(
+            "target_modules='all-linear': PEFT resolves it against the base model when it loads "
+            "the adapter; lora_kernels needs the modules written out (PEFT's save_pretrained "
+            "writes them)"
+        )
+    else:
+        _check_string_list(target, "target_modules", problems, allow_str=True)
+        if isinstance(target, str) and len(target) <= MAX_PATTERN_LENGTH:
+            try:
+                _compile_field_regex(target, "target_modules")
+            except PeftAdapterError as exc:
+                problems.append(str(exc).rstrip("."))
+    exclude = config.get("exclude_modules")
+    if exclude:
+        _check_string_list(exclude, "exclude_modules", problems, allow_str=True)
+        if isinstance(exclude, str) and len(exclude) <= MAX_PATTERN_LENGTH:
+            try:
+                _compile_field_regex(exclude, "exclude_modules")
+            except PeftAdapterError as exc:
+                problems.append(str(exc).rstrip("."))
+    layers = config.get("layers_to_transform")
+    if layers is not None:
+        entries = layers if isinstance(layers, list) else [layers]
+        if not isinstance(layers, (list, numbers.Integral)) or any(
+            isinstance(i, bool) or not isinstance(i, numbers.Integral) for i in entries
+        ):
+            problems.append(f"layers_to_transform must be an int or a list of ints, got {_short(layers)}")
+    pattern = config.get("layers_pattern")
+    if pattern:
+        _check_string_list(pattern, "layers_pattern", problems, allow_str=True)
+        for entry in [pattern] if isinstance(pattern, str) else pattern:
+            if isinstance(entry, str) and len(entry) <= MAX_PATTERN_LENGTH:
+                try:
+                    _compile_field_regex(_layers_regex(entry), f"layers_pattern entry {_short(entry)}")
+                except PeftAdapterError as exc:
+                    problems.append(str(exc).rstrip("."))
+    # LoraConfig.__post_init__ refuses these (PEFT cannot load such a config at all).
+    if isinstance(target, str) and layers is not None:
+        problems.append("layers_to_transform cannot be used when target_modules is a string (PEFT refuses it)")
+    if isinstance(target, str) and pattern is not None:
+        problems.append("layers_pattern cannot be used when target_modules is a string (PEFT refuses it)")
+    if pattern and layers is None:
+        problems.append("layers_pattern is set but layers_to_transform is not (PEFT refuses it)")
+
+
+def _layers_regex(layers_pattern: str | None) -> str:
+    """PEFT 0.21.2's regex for the layer index of a module name (check_target_module_exists)."""
+    if layers_pattern is None:
+        return r".*?\.[^.]*\.(?P<idx>\d+)\."
+    return rf"(?:^|.*?\.){layers_pattern}\.(?P<idx>\d+)\."
+
+
+class _Selector:
+    """PEFT 0.21.2's choice of the modules that get a LoRA layer (check_target_module_exists),
+    for a config that passed :func:`check_lora_config`. Lists become sets of dot-aligned
+    suffixes (``name.endswith("." + t)`` is ``t`` being one of name's dot-suffixes), regexes RE2."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        target = config.get("target_modules")
+        self.target_regex = _compile_field_regex(target, "target_modules") if isinstance(target, str) else None
+        self.targets = frozenset(target) if isinstance(target, (list, tuple)) else frozenset()
+        exclude = config.get("exclude_modules")
+        self.exclude_regex = None
+        self.excludes: frozenset[str] = frozenset()
+        if exclude:
+            if isinstance(exclude, str):
+                self.exclude_regex = _compile_field_regex(exclude, "exclude_modules")
+            else:
+                self.excludes = frozenset(exclude)
+        layers = config.get("layers_to_transform")
+        self.layers = layers
+        self.use_layers = layers is not None and (len(layers) != 0 if isinstance(layers, list) else True)
+        pattern = config.get("layers_pattern")
+        if pattern is None or len(pattern) == 0:
+            patterns = [None]
+        else:
+            patterns = [pattern] if isinstance(pattern, str) else list(pattern)
+        self.layer_regexes = [
+            _compile_field_regex(_layers_regex(p), "layers_pattern", capture=True) for p in patterns
+        ]
+
+    def selects(self, name: str) -> bool:
+        if self.exclude_regex is not None or self.target_regex is not None or self.use_layers:
+            _check_name(name, "the config's target_modules / exclude_modules / layers_pattern")
+        if self.exclude_regex is not None:
+            if self.exclude_regex.fullmatch(name):
+                return False
+        elif self.excludes and any(s in self.excludes for s in _dot_suffixes(name)):
+            return False
+        if self.target_regex is not None:
+            return self.target_regex.fullmatch(name)
+        if name in self.targets:
+            return True  # an exact name: layers_to_transform does not apply (PEFT's order)
+        found = any(s in self.targets for s in _dot_suffixes(name))
+        if found and self.use_layers:
+            index = None
+            for regex in self.layer_regexes:
+                digits = regex.match_group(name, "idx")
+                if digits is not None:
+                    index = int(digits)
+                    break
+            if index is None:
+                return False
+            return index == self.layers if isinstance(self.layers, numbers.Integral) else index in self.layers
+        return found
+
+
+# Module types PEFT 0.21.2 puts a plain LoRA layer on (peft.tuners.lora dispatch_default);
+# transformers' Conv1D is recognised by name (this module never imports transformers).
+_PEFT_LORA_TYPES = (
+    torch.nn.Linear,
+    torch.nn.Embedding,
+    torch.nn.Conv1d,
+    torch.nn.Conv2d,
+    torch.nn.Conv3d,
+    torch.nn.MultiheadAttention,
+)
+
+
+def selected_modules_without_tensors(
+    adapter: PeftAdapter, named_modules: Iterable[tuple[str, torch.nn.Module]]
+) -> list[str]:
+    """What PEFT would do differently from serving ``adapter.modules`` on a model with these
+    modules, as sentences (empty: PEFT serves exactly ``adapter.modules``).
+
+    PEFT puts a LoRA layer on every module its config selects (:func:`config_selects`), then
+    loads the saved tensors. A selected module without tensors keeps its fresh initialisation:
+    an exact zero update for ``init_lora_weights`` True or ``"gaussian"`` (what serving nothing
+    there gives), random weights otherwise (refused here); and a selected module of a type PEFT
+    cannot wrap makes PEFT refuse the adapter (refused here too). ``named_modules``: the served
+    base model's ``(name, module)`` pairs, names relative to the base model. An adapter whose
+    config has no ``target_modules`` (built in memory, not by the loader) is not checked.
+    """
+    config = adapter.config or {}
+    if config.get("target_modules") is None:
+        return []
+    selector = _Selector(config)
+    init = config.get("init_lora_weights", True)
+    zero = any(init is z or (isinstance(z, str) and init == z) for z in _ZERO_INITS)
+    problems = []
+    for name, module in named_modules:
+        if not name or name in adapter.modules:
+            continue
+        try:
+            if not selector.selects(name):
+                continue
+        except PeftAdapterError as exc:
+            problems.append(str(exc).rstrip("."))
+            continue
+        wrappable = isinstance(module, _PEFT_LORA_TYPES) or type(module).__name__ == "Conv1D"
+        if not wrappable:
+            problems.append(
+                f"the config selects module {name!r} (a {type(module).__name__}), on which PEFT "
+                f"cannot put a LoRA layer: PEFT refuses to load this adapter on this model"
+            )
+        elif not zero:
+            problems.append(
+                f"the config selects module {name!r} but the adapter has no tensors for it: PEFT "
+                f"would serve it with freshly initialised weights (init_lora_weights="
+                f"{_short(init)} makes them random, not zero)"
+            )
+    return problems
+
+
+def config_selects(config: Mapping[str, Any], name: str) -> bool:
+    """Whether PEFT 0.21.2 puts a LoRA layer on module ``name`` (relative to the base model)
+    for this LoRA config: ``exclude_modules`` (a list: exact or dot-suffix; a string: a regex
+    fullmatch), then ``target_modules`` (a string: a regex fullmatch; a list: an exact name, or
+    a dot-suffix within ``layers_to_transform``, the layer index read with ``layers_pattern``).
+    PEFT ignores the saved tensors of every other module."""
+    return _Selector(config).selects(name)
 
 
 def check_lora_config(config: Mapping[str, Any], where: str = "") -> None:
@@ -269,49 +692,66 @@ def check_lora_config(config: Mapping[str, Any], where: str = "") -> None:
     peft_type = config.get("peft_type")
     if peft_type != "LORA":
         problems.append(
-            f"peft_type={peft_type!r}: only LoRA adapters (peft_type 'LORA') are served"
+            f"peft_type={_short(peft_type)}: only LoRA adapters (peft_type 'LORA') are served"
         )
     _check_positive_int(config.get("r", 8), "r", problems)
     _check_alpha(config.get("lora_alpha", 8), "lora_alpha", problems)
     if not isinstance(config.get("use_rslora", False), bool):
-        problems.append(f"use_rslora must be true or false, got {config.get('use_rslora')!r}")
+        problems.append(f"use_rslora must be true or false, got {_short(config.get('use_rslora'))}")
     if not isinstance(config.get("lora_bias", False), bool):
-        problems.append(f"lora_bias must be true or false, got {config.get('lora_bias')!r}")
+        problems.append(f"lora_bias must be true or false, got {_short(config.get('lora_bias'))}")
     for pattern_name, check in (("rank_pattern", _check_positive_int), ("alpha_pattern", _check_alpha)):
         pattern = config.get(pattern_name) or {}
         if not isinstance(pattern, Mapping):
             problems.append(f"{pattern_name} must be a JSON object, got {type(pattern).__name__}")
             continue
+        if len(pattern) > MAX_PATTERN_KEYS:
+            problems.append(
+                f"{pattern_name} has {len(pattern)} keys, more than the limit "
+                f"MAX_PATTERN_KEYS = {MAX_PATTERN_KEYS}"
+            )
+            continue
+        regex_keys = sum(not _is_plain_key(key) for key in pattern)
+        if regex_keys > MAX_REGEX_KEYS:
+            problems.append(
+                f"{pattern_name} has {regex_keys} keys with regex syntax (characters other than "
+                f"letters, digits, '_', '-', '.'), more than the limit MAX_REGEX_KEYS = {MAX_REGEX_KEYS}"
+            )
+            continue
         for key, value in pattern.items():
-            check(value, f"{pattern_name}[{key!r}]", problems)
+            check(value, f"{pattern_name}[{_short(key)}]", problems)
+            if _is_plain_key(key):
+                continue  # always a valid regex (letters, digits, "_", "-", ".")
             try:
-                re.compile(rf"(.*\.)?({key})$")
-            except re.error as exc:
-                problems.append(f"{pattern_name} key {key!r} is not a valid regular expression ({exc})")
+                compile_pattern_key(key, pattern_name)
+            except PeftAdapterError as exc:
+                problems.append(str(exc).rstrip("."))
+    _check_selection(config, problems)
 
     bias = config.get("bias", "none")
     if bias != "none":
         problems.append(
-            f"bias={bias!r}: the adapter trained the base model's own biases, which a base "
+            f"bias={_short(bias)}: the adapter trained the base model's own biases, which a base "
             f"model shared by every request cannot serve (only bias='none' is served; "
             f"lora_bias=True, a bias on lora_B, is)"
         )
     init = config.get("init_lora_weights", True)
     if not any(init is s or (isinstance(s, str) and init == s) for s in _SAFE_INITS):
         problems.append(
-            f"init_lora_weights={init!r}: this initialisation also rewrites the base model's "
+            f"init_lora_weights={_short(init)}: this initialisation also rewrites the base model's "
             f"weights, so the adapter only works on that rewritten base (save it with PEFT's "
             f"path_initial_model_for_weight_conversion to get a plain LoRA adapter)"
         )
     for name, reason in _REFUSED.items():
         if name in config and not _is_default_like(config[name]):
-            problems.append(f"{name}={config[name]!r}: {reason}")
+            problems.append(f"{name}={_short(config[name])}: {reason}")
     for name, value in config.items():
         if name in _INFORMATIONAL or name in _IMPLEMENTED or name in _REFUSED:
             continue
         if not _is_default_like(value):
             problems.append(
-                f"{name}={value!r}: a config field lora_kernels does not implement (checked "
+                f"{name if len(name) <= 80 else _short(name)}={_short(value)}: a config field "
+                f"lora_kernels does not implement (checked "
                 f"against PEFT 0.21.2's LoraConfig), set to a non-default value; refused rather "
                 f"than ignored"
             )
@@ -319,24 +759,50 @@ def check_lora_config(config: Mapping[str, Any], where: str = "") -> None:
         raise _refuse(where, problems)
 
 
-def match_pattern_key(pattern: Mapping[str, Any] | None, name: str) -> str | None:
+def match_pattern_key(pattern: Mapping[str, Any] | None, name: str, field: str = "pattern") -> str | None:
     """The first key of ``pattern`` (in order) that PEFT would match to module ``name``, or None.
 
     Key ``k`` matches when ``re.match(rf"(.*\\.)?({k})$", name)``: the whole name or a
-    dot-aligned suffix of it, ``k`` being an (unescaped) regular expression.
+    dot-aligned suffix of it, ``k`` being an (unescaped) regular expression. Matched in linear
+    time by RE2 (:func:`compile_pattern_key`), with exactly Python's matches on module names of
+    printable ASCII characters; :class:`PeftAdapterError` naming ``field`` for a key RE2 cannot
+    run, or a name that is not printable ASCII (or longer than ``MAX_NAME_LENGTH``).
     """
-    for key in pattern or {}:
-        if re.match(rf"(.*\.)?({key})$", name):
-            return key
-    return None
+    return _first_key(tuple(pattern or ()), name, field)
+
+
+def _first_key(keys: tuple, name: str, field: str) -> str | None:
+    return _first_key_of(_key_matcher(keys, field) if keys else None, name)
+
+
+def _first_key_of(matcher: _KeyMatcher | None, name: str) -> str | None:
+    if matcher is None:
+        return None
+    _check_name(name, matcher.field)
+    return matcher.first(name)
 
 
 def resolve_rank_alpha(config: Mapping[str, Any], name: str) -> tuple[int, float, str | None, str | None]:
     """``(r, alpha, rank_key, alpha_key)`` of module ``name`` as PEFT resolves them."""
+    return _resolve_rank_alpha(config, name, *_matchers(config))
+
+
+def _matchers(config: Mapping[str, Any]) -> tuple[_KeyMatcher | None, _KeyMatcher | None]:
+    """The rank_pattern and alpha_pattern matchers of a config (None for an empty pattern)."""
+    out = []
+    for field in ("rank_pattern", "alpha_pattern"):
+        keys = tuple(config.get(field) or ())
+        out.append(_key_matcher(keys, field) if keys else None)
+    return out[0], out[1]
+
+
+def _resolve_rank_alpha(
+    config: Mapping[str, Any], name: str, rank_matcher: _KeyMatcher | None, alpha_matcher: _KeyMatcher | None
+) -> tuple[int, float, str | None, str | None]:
     rank_pattern = config.get("rank_pattern") or {}
     alpha_pattern = config.get("alpha_pattern") or {}
-    r_key = match_pattern_key(rank_pattern, name)
-    a_key = match_pattern_key(alpha_pattern, name)
+    r_key = _first_key_of(rank_matcher, name)
+    a_key = _first_key_of(alpha_matcher, name)
     r = rank_pattern[r_key] if r_key is not None else config.get("r", 8)
     alpha = alpha_pattern[a_key] if a_key is not None else config.get("lora_alpha", 8)
     return int(r), alpha, r_key, a_key
@@ -344,6 +810,68 @@ def resolve_rank_alpha(config: Mapping[str, Any], name: str) -> tuple[int, float
 
 # --------------------------------------------------------------------------------------------
 # Files
+
+def _deep_field(text: str, decoder: json.JSONDecoder) -> str:
+    """Which top-level field of a JSON object made the parser recurse too deep: the fields are
+    decoded one by one (linear, by json's own scanner) until one raises RecursionError."""
+    ws = json.decoder.WHITESPACE.match
+    i = ws(text, 0).end()
+    if text[i : i + 1] != "{":
+        return "the top-level value"
+    i = ws(text, i + 1).end()
+    while text[i : i + 1] == '"':
+        try:
+            key, i = json.decoder.scanstring(text, i + 1)
+            i = ws(text, i).end()
+            if text[i : i + 1] != ":":
+                break
+            i = ws(text, i + 1).end()
+            try:
+                _, i = decoder.raw_decode(text, i)
+            except RecursionError:
+                return f"field {_short(key)}"
+        except ValueError:
+            break
+        i = ws(text, i).end()
+        if text[i : i + 1] != ",":
+            break
+        i = ws(text, i + 1).end()
+    return "a value"
+
+
+def _parse_int(digits: str) -> int | _HugeInt:
+    if len(digits.lstrip("-")) > MAX_INT_DIGITS:
+        return _HugeInt(digits)
+    return int(digits)
+
+
+def _read_config(config_path: str) -> Any:
+    """adapter_config.json, parsed within the limits: at most MAX_CONFIG_BYTES; integers of
+    more than MAX_INT_DIGITS digits kept as a marker that the field checks refuse by name; too
+    deep a nesting refused naming the top-level field that holds it."""
+    with open(config_path, "rb") as f:
+        data = f.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        size = os.path.getsize(config_path)
+        raise PeftAdapterError(
+            f"{config_path} has {size} bytes, more than the limit MAX_CONFIG_BYTES = "
+            f"{MAX_CONFIG_BYTES}."
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PeftAdapterError(f"malformed {config_path}: not valid JSON ({exc})") from None
+    decoder = json.JSONDecoder(parse_int=_parse_int)
+    try:
+        return decoder.decode(text)
+    except RecursionError:
+        where = _deep_field(text, decoder)
+        raise PeftAdapterError(
+            f"{config_path}: {where} nests JSON objects / arrays deeper than Python's json "
+            f"parser can follow (RecursionError); a LoRA config nests 3 levels."
+        ) from None
+    except ValueError as exc:  # json.JSONDecodeError, and anything else the parser refuses
+        raise PeftAdapterError(f"malformed {config_path}: not valid JSON ({exc})") from None
 
 # Weight dtypes an adapter may hold; anything else (float8, integers) is refused by name.
 _WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -403,6 +931,7 @@ def adapter_from_state_dict(
     kinds: dict[str, str] = {}
     base_weights: dict[str, Tensor] = {}
     base_biases: dict[str, Tensor] = {}
+    base_layer_copies: set[str] = set()  # "<module>.base_layer.*": only where PEFT wraps <module>
 
     for key, tensor in tensors.items():
         if not key.startswith(KEY_PREFIX):
@@ -431,6 +960,7 @@ def adapter_from_state_dict(
         for suffix, part in _BASE_SUFFIXES.items():
             if rest.endswith(suffix) and len(rest) > len(suffix):
                 (base_weights if part == "weight" else base_biases)[rest[: -len(suffix)]] = tensor
+                base_layer_copies.add(rest[: -len(suffix)])
                 matched = True
                 break
         if matched:
@@ -450,11 +980,46 @@ def adapter_from_state_dict(
         module, _, leaf = rest.rpartition(".")
         (base_weights if leaf == "weight" else base_biases)[module] = tensor
 
+    # PEFT puts LoRA layers on the modules its config selects and loads the saved tensors of
+    # those only: every other module's tensors (and its base_layer copies, which have no place
+    # to go in an unwrapped module) are ignored, so they are here too.
+    selector = _Selector(config)
+    ignored: list[str] = []
+    for name in sorted(set(parts) | base_layer_copies):
+        try:
+            selected = selector.selects(name)
+        except PeftAdapterError as exc:
+            problems.append(str(exc).rstrip("."))
+            selected = True
+        if selected:
+            continue
+        if name in parts:
+            ignored.append(name)
+            del parts[name]
+        if name in base_layer_copies:
+            base_weights.pop(name, None)
+            base_biases.pop(name, None)
+
     for name, t in list(base_weights.items()) + list(base_biases.items()):
         if t.dtype not in _WEIGHT_DTYPES:
             problems.append(f"the base-layer copy of {name!r} has an unsupported dtype {t.dtype}")
 
     modules: dict[str, LoRAModule] = {}
+    rank_matcher, alpha_matcher = _matchers(config)
+    for matcher in (rank_matcher, alpha_matcher):
+        if matcher is None:
+            continue
+        for count, what, limit, limit_name in (
+            (matcher.groups, "groups of plain keys (by length and '.' positions)", MAX_PATTERN_MATCHES,
+             "MAX_PATTERN_MATCHES"),
+            (len(matcher.programs), "keys with regex syntax", MAX_REGEX_MATCHES, "MAX_REGEX_MATCHES"),
+        ):
+            if count * len(parts) > limit:
+                raise _refuse(where, problems + [
+                    f"{matcher.field}: matching its {count} {what} to the adapter's {len(parts)} "
+                    f"modules takes {count * len(parts)} steps, more than the limit "
+                    f"{limit_name} = {limit}"
+                ])
     for name in sorted(parts):
         got = parts[name]
         kind = kinds[name]
@@ -481,7 +1046,11 @@ def adapter_from_state_dict(
             continue
         if not ok:
             continue
-        r_cfg, alpha, r_key, a_key = resolve_rank_alpha(config, name)
+        try:
+            r_cfg, alpha, r_key, a_key = _resolve_rank_alpha(config, name, rank_matcher, alpha_matcher)
+        except PeftAdapterError as exc:
+            problems.append(str(exc).rstrip("."))
+            continue
         r_tensor = int(A.shape[0])
         if B.shape[1] != r_tensor:
             problems.append(
@@ -528,7 +1097,14 @@ def adapter_from_state_dict(
             scaling=lora_scaling(alpha, r_tensor, use_rslora),
         )
     if not problems and not modules:
-        problems.append("the adapter holds no LoRA tensors (lora_A / lora_B or lora_embedding_A / B)")
+        if ignored:
+            problems.append(
+                f"none of the {len(ignored)} modules with LoRA tensors is selected by the config's "
+                f"target_modules / exclude_modules / layers_to_transform (first: {ignored[0]!r}); "
+                f"PEFT would ignore every tensor"
+            )
+        else:
+            problems.append("the adapter holds no LoRA tensors (lora_A / lora_B or lora_embedding_A / B)")
     if problems:
         raise _refuse(where, problems)
     return PeftAdapter(
@@ -537,6 +1113,7 @@ def adapter_from_state_dict(
         modules=modules,
         base_weights=base_weights,
         base_biases=base_biases,
+        ignored_modules=ignored,
     )
 
 
@@ -565,11 +1142,7 @@ def load_peft_adapter(path: str | os.PathLike) -> PeftAdapter:
     config_path = os.path.join(path, CONFIG_NAME)
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"load_peft_adapter: {path!r} has no {CONFIG_NAME}.")
-    try:
-        with open(config_path, encoding="utf-8") as f:
-            config = json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PeftAdapterError(f"malformed {config_path}: not valid JSON ({exc})") from None
+    config = _read_config(config_path)
     check_lora_config(config, path)
     st_path = os.path.join(path, SAFETENSORS_NAME)
     bin_path = os.path.join(path, BIN_NAME)

@@ -25,6 +25,7 @@ __all__ = [
     "sgmv_expand",
     "add_lora",
     "add_lora_embedding",
+    "add_lora_slices",
     "segments_to_indices",
 ]
 
@@ -160,3 +161,31 @@ def add_lora_embedding(
         keep = torch.arange(R, device=y.device)[None, :] < _slot_ranks(ranks, idx, R)[rows, None]
         v[rows] = torch.where(keep, cols, 0.0)
     return bgmv_expand(y, v, lora_b, idx, scaling, ranks)
+
+
+def add_lora_slices(
+    y: Tensor,
+    x: Tensor,
+    lora_a: list[Tensor],
+    lora_b: list[Tensor],
+    scaling: list[Tensor],
+    indices: Tensor | None = None,
+    *,
+    seg_indptr: Tensor | None = None,
+    seg_adapter: Tensor | None = None,
+    ranks: list[Tensor] | None = None,
+    lora_bias: list[Tensor] | None = None,
+) -> Tensor:
+    """add_lora on each column slice: slice i updates y[:, o_i : o_i + H_out_i] with its own
+    lora_a[i] [N, R_i, H_in], lora_b[i] [N, H_out_i, R_i], scaling[i], ranks[i], lora_bias[i],
+    where o_i is the sum of the earlier slices' H_out. In place, returns y."""
+    if indices is None:
+        indices = segments_to_indices(seg_indptr, seg_adapter)
+    offset = 0
+    for i, (a, b, s) in enumerate(zip(lora_a, lora_b, scaling)):
+        width = b.shape[1]
+        add_lora(y[:, offset : offset + width], x, a, b, s, indices,
+                 ranks=None if ranks is None else ranks[i],
+                 lora_bias=None if lora_bias is None else lora_bias[i])
+        offset += width
+    return y

@@ -205,13 +205,20 @@ def test_compile_reports_a_bad_call_at_trace_time(case):
 # --- rules over every tensor argument of every op -------------------------------------------
 
 def op_calls(c):
-    """Every op: its lead argument (y, or x for the shrinks) and a valid keyword call on the CPU."""
+    """Every op: its lead argument (y, or x for the shrinks) and a valid keyword call on the CPU.
+    add_lora_slices splits the case's y (H_out = 5) into slices of widths 3 and 2."""
     v = lk.bgmv_shrink(c.x, c.lora_a, c.indices, c.ranks)
     T, H_out = c.y.shape
     seg = dict(seg_indptr=c.seg_indptr, seg_adapter=c.seg_adapter)
     expand = dict(v=v, lora_b=c.lora_b)
     weights = dict(x=c.x, lora_a=c.lora_a, lora_b=c.lora_b, scaling=c.scaling)
     tail = dict(ranks=c.ranks, lora_bias=c.lora_bias)
+    N, H_in = c.lora_a.shape[0], c.x.shape[1]
+    slices = dict(x=c.x, lora_a=[c.lora_a, torch.randn(N, 2, H_in)],
+                  lora_b=[c.lora_b[:, :3].contiguous(), torch.randn(N, H_out - 3, 2)],
+                  scaling=[c.scaling, torch.rand(N)])
+    slices_tail = dict(ranks=[c.ranks, torch.tensor([2, 0, 1], dtype=torch.int32)],
+                       lora_bias=[c.lora_bias[:, :3].contiguous(), torch.randn(N, H_out - 3)])
     return {
         "bgmv_shrink": ("x", dict(x=c.x, lora_a=c.lora_a, indices=c.indices, ranks=c.ranks)),
         "sgmv_shrink": ("x", dict(x=c.x, lora_a=c.lora_a, **seg, ranks=c.ranks)),
@@ -222,7 +229,37 @@ def op_calls(c):
         "add_lora_embedding": ("y", dict(y=c.y, token_ids=torch.randint(0, 7, (T,)), lora_a=torch.randn(3, 4, 7),
                                          lora_b=torch.randn(3, H_out, 4), scaling=c.scaling, indices=c.indices,
                                          ranks=c.ranks)),
+        "add_lora_slices": ("y", dict(y=c.y, **slices, indices=c.indices, **slices_tail)),
+        "add_lora_slices[segments]": ("y", dict(y=c.y, **slices, **seg, **slices_tail)),
     }
+
+
+def named_tensors(kwargs):
+    """Every tensor argument, by name; an element of a per-slice list is named like lora_a[1]."""
+    for name, value in kwargs.items():
+        if isinstance(value, (list, tuple)):
+            yield from ((f"{name}[{i}]", t) for i, t in enumerate(value))
+        elif value is not None:
+            yield name, value
+
+
+def _split(name):
+    base, _, index = name.partition("[")
+    return base, int(index[:-1]) if index else None
+
+
+def get_arg(kwargs, name):
+    base, i = _split(name)
+    return kwargs[base] if i is None else kwargs[base][i]
+
+
+def set_arg(kwargs, name, value):
+    base, i = _split(name)
+    if i is None:
+        kwargs[base] = value
+    else:
+        kwargs[base] = list(kwargs[base])
+        kwargs[base][i] = value
 
 
 def call(op, kwargs, cpu_kernel=False):
@@ -236,7 +273,7 @@ def call(op, kwargs, cpu_kernel=False):
 
 def _tensor_args(select=lambda t: True):
     calls = op_calls(make_case(T=6, H_in=8, H_out=5, N=3, R=4))
-    return [(op, name) for op, (_, kw) in calls.items() for name, t in kw.items() if t is not None and select(t)]
+    return [(op, name) for op, (_, kw) in calls.items() for name, t in named_tensors(kw) if select(t)]
 
 
 def _outputs(kwargs):
@@ -257,9 +294,9 @@ def test_argument_on_another_device_is_refused(case, op, name, cpu_kernel):
     the mixes that reach them (a CPU tensor beside CUDA ones)."""
     lead, kwargs = op_calls(case)[op]
     before = _outputs(kwargs)
-    kwargs[name] = kwargs[name].to("meta")
+    set_arg(kwargs, name, get_arg(kwargs, name).to("meta"))
     if name == lead:  # every other argument is then the one on the wrong device; the first is named
-        named, lead_device, got = next(n for n in kwargs if n != lead), "meta", "cpu"
+        named, lead_device, got = next(n for n, _ in named_tensors(kwargs) if n != lead), "meta", "cpu"
     else:
         named, lead_device, got = name, "cpu", "meta"
     message = f"{op.split('[')[0]}: {named} must be on the same device as {lead} ({lead_device}), got {got}."
@@ -271,7 +308,7 @@ def test_argument_on_another_device_is_refused(case, op, name, cpu_kernel):
 @pytest.mark.parametrize(("op", "name"), _tensor_args(lambda t: t.is_floating_point()))
 def test_argument_requiring_grad_is_refused(case, op, name):
     lead, kwargs = op_calls(case)[op]
-    kwargs[name] = kwargs[name].detach().clone().requires_grad_()
+    set_arg(kwargs, name, get_arg(kwargs, name).detach().clone().requires_grad_())
     before = _outputs(kwargs)
     message = (f"{op.split('[')[0]}: {name} requires grad, but the lora_kernels ops are inference-only (no "
                f"autograd); call them under torch.no_grad() or torch.inference_mode(), or pass {name}.detach().")
@@ -281,7 +318,9 @@ def test_argument_requiring_grad_is_refused(case, op, name):
     with torch.no_grad():  # what the message says works does work
         call(op, kwargs)
     with torch.inference_mode():
-        call(op, {k: (t.detach() if isinstance(t, torch.Tensor) else t) for k, t in kwargs.items()})
+        for n, t in list(named_tensors(kwargs)):
+            set_arg(kwargs, n, t.detach())
+        call(op, kwargs)
 
 
 def test_python_wrapper_refuses_grad_too(case):
@@ -292,7 +331,8 @@ def test_python_wrapper_refuses_grad_too(case):
         lk.bgmv_shrink(x, case.lora_a, case.indices)
 
 
-IN_PLACE = ["bgmv_expand", "sgmv_expand", "add_lora", "add_lora[segments]", "add_lora_embedding"]
+IN_PLACE = ["bgmv_expand", "sgmv_expand", "add_lora", "add_lora[segments]", "add_lora_embedding", "add_lora_slices",
+            "add_lora_slices[segments]"]
 
 
 @pytest.mark.parametrize("strides", [(0, 1), (2, 1)], ids=["stride-0", "rows-overlap"])
@@ -315,8 +355,8 @@ def test_input_sharing_memory_with_y_is_refused(case, op, name):
     _, kwargs = op_calls(case)[op]
     store = torch.randn(4096)  # y is its first rows; the input is laid over the same bytes
     kwargs["y"] = store[:30].view(6, 5)
-    t = kwargs[name]
-    kwargs[name] = store.view(t.dtype)[: t.numel()].view(t.shape)
+    t = get_arg(kwargs, name)
+    set_arg(kwargs, name, store.view(t.dtype)[: t.numel()].view(t.shape))
     before = store.clone()
     message = f"{op.split('[')[0]}: {name} must not share memory with the output y, but it does; pass a copy ({name}.clone())."
     with pytest.raises(RuntimeError, match=re.escape(message)):

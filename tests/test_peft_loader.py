@@ -97,7 +97,7 @@ def test_lora_bias_and_embedding(tmp_path):
     tensors = lora_tensors(mods, embedding=("model.embed_tokens",))
     tensors[f"{PREFIX}{Q0}.lora_B.bias"] = torch.randn(16)
     tensors[f"{PREFIX}model.embed_tokens.base_layer.weight"] = torch.randn(50, 16)
-    cfg = lora_config(lora_bias=True, rank_pattern={"q_proj": 2, "embed_tokens": 3})
+    cfg = lora_config(lora_bias=True, rank_pattern={"q_proj": 2, "embed_tokens": 3}, target_modules=["q_proj", "embed_tokens"])
     ad = load_peft_adapter(write_adapter(tmp_path / "ad", cfg, tensors))
     q, e = ad.modules[Q0], ad.modules["model.embed_tokens"]
     assert q.kind == "linear" and torch.equal(q.lora_bias, tensors[f"{PREFIX}{Q0}.lora_B.bias"])
@@ -415,7 +415,7 @@ def test_missing_lora_b(tmp_path):
 def test_convolution_lora_refused(tmp_path):
     t = {f"{PREFIX}conv.lora_A.weight": torch.randn(4, 3, 3, 3), f"{PREFIX}conv.lora_B.weight": torch.randn(8, 4, 1, 1)}
     with pytest.raises(PeftAdapterError, match="convolution LoRA is not served"):
-        load_peft_adapter(_adapter(tmp_path, tensors=t))
+        load_peft_adapter(_adapter(tmp_path, tensors=t, target_modules=["conv"]))
 
 
 def test_integer_tensor_refused(tmp_path):

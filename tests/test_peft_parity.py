@@ -401,17 +401,17 @@ def _bad_adapters(ads):
     changed.base_weights["model.embed_tokens"] = changed.base_weights["model.embed_tokens"] + 1.0
     resized_tensors = lora_tensors({"model.embed_tokens": (4, F.VOCAB + 4, 32)}, embedding=("model.embed_tokens",))
     resized_tensors[f"{PREFIX}model.embed_tokens.base_layer.weight"] = torch.randn(F.VOCAB + 4, 32)
-    resized = adapter_from_state_dict(lora_config(), resized_tensors)
+    resized = adapter_from_state_dict(lora_config(target_modules=["embed_tokens"]), resized_tensors)
     return [
         (changed, "differs from the served model's"),
         (resized, r"has shape \[100, 32\], the served model's has \[96, 32\]"),
-        (adapter_from_state_dict(lora_config(), lora_tensors({"model.layers.7.self_attn.q_proj": (4, 32, 32)})),
+        (adapter_from_state_dict(lora_config(target_modules=["model.layers.7.self_attn.q_proj"]), lora_tensors({"model.layers.7.self_attn.q_proj": (4, 32, 32)})),
          "which the served model does not have"),
-        (adapter_from_state_dict(lora_config(), lora_tensors({"model.norm": (4, 32, 32)})),
+        (adapter_from_state_dict(lora_config(target_modules=["model.norm"]), lora_tensors({"model.norm": (4, 32, 32)})),
          "lora_kernels serves LoRA on nn.Linear, nn.Embedding and transformers' Conv1D"),
-        (adapter_from_state_dict(lora_config(), lora_tensors({"model.layers.0.mlp.gate_proj": (4, 64, 48)})),
+        (adapter_from_state_dict(lora_config(target_modules=["model.layers.0.mlp.gate_proj"]), lora_tensors({"model.layers.0.mlp.gate_proj": (4, 64, 48)})),
          r"the served layer is \[H_in, H_out\] = \[32, 48\]"),
-        (adapter_from_state_dict(lora_config(), lora_tensors({"model.embed_tokens": (4, 32, 32)})),
+        (adapter_from_state_dict(lora_config(target_modules=["model.embed_tokens"]), lora_tensors({"model.embed_tokens": (4, 32, 32)})),
          "is a Embedding but the adapter holds linear LoRA weights"),
     ]
 

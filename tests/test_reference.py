@@ -8,6 +8,7 @@ import torch
 
 import lora_kernels as lk
 from lora_cases import make_case
+from slice_cases import make_slice_case, untouched_slice_entries
 
 
 def _poisoned_case(segments):
@@ -71,3 +72,37 @@ def test_no_adapter_slots():
     lk.add_lora_embedding(y, torch.zeros(5, dtype=torch.long), torch.zeros(0, 3, 10), case.lora_b, case.scaling,
                           case.indices, case.ranks)
     assert torch.equal(y, case.y)
+
+
+@pytest.mark.parametrize("segments", [False, True], ids=["bgmv", "sgmv"])
+def test_add_lora_slices_leaves_untouched_entries_whatever_x_holds(segments):
+    """Per slice, rows of -1 tokens and of rank-0 slots stay bit-for-bit as they were with NaN in x
+    on every -1 token and Inf on one token with an adapter (NaN padding past each slice's rank);
+    the op gives the same."""
+    case = make_slice_case(T=12, H_in=9, widths=(7, 3, 2), N=3, max_ranks=(4, 2, 3), seed=0)
+    indices = lk.reference.segments_to_indices(case.seg_indptr, case.seg_adapter) if segments else case.indices.long()
+    assert (indices == -1).any() and (indices >= 0).any()
+    case.x[indices == -1] = math.nan
+    case.x[torch.nonzero(indices >= 0)[0, 0], 2] = math.inf
+    kw = case.kwargs(segments)
+    where = kw.pop("indices", None)
+    y = case.y.clone()
+    assert lk.reference.add_lora_slices(y, case.x, case.lora_a, case.lora_b, case.scaling, where, **kw) is y
+    untouched = untouched_slice_entries(case, segments)
+    assert untouched.any() and not untouched.all()
+    assert torch.equal(y[untouched], case.y[untouched])
+    y_op = case.y.clone()
+    lk.add_lora_slices(y_op, case.x, case.lora_a, case.lora_b, case.scaling, where, **kw)
+    torch.testing.assert_close(y_op, y, equal_nan=True)
+
+
+def test_add_lora_slices_no_adapter_slots():
+    """N = 0 in every slice: the reference and the op leave y untouched."""
+    case = make_slice_case(T=5, H_in=6, widths=(4, 3), N=0, max_ranks=(3, 2))
+    for segments in (False, True):
+        kw = case.kwargs(segments)
+        where = kw.pop("indices", None)
+        for add in (lk.reference.add_lora_slices, lk.add_lora_slices):
+            y = case.y.clone()
+            assert add(y, case.x, case.lora_a, case.lora_b, case.scaling, where, **kw) is y
+            assert torch.equal(y, case.y)

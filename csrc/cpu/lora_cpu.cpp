@@ -193,37 +193,55 @@ std::vector<Acc>& scratch(int which) {
   return buffers[which];
 }
 
+// Rank rows [j0, j1) of one slice's lora_a, for the shrink of one work item.
+struct RowPart {
+  const ShrinkParams* p;
+  int64_t j0, j1;
+};
+
+// The shrink of one work item over the rank rows of one or more parts (slices of add_lora_slices
+// sharing x): x is staged once per K block for every part, and the parts' rows form one list of
+// rows for the micro-kernels, so small ranks of several slices fill one packed chunk together.
+// Each v entry is computed exactly as with the part alone (every row's sum runs in the same
+// order wherever the row sits in the list). `packed_ok`: the unit covers whole ranks.
 template <typename T>
-void shrink_unit(const ShrinkParams& p, const Plan& plan, int64_t unit) {
+void shrink_rows(const RowPart* parts, int64_t num_parts, const Plan& plan, const WorkItem& item, bool packed_ok) {
   using Acc = typename Numeric<T>::Acc;
-  const int64_t blocks = shrink_column_blocks(p, plan);
-  const int64_t rows_per_block = blocks == 1 ? p.max_rank : kShrinkRowsPerBlock;
-  const WorkItem& item = plan.items[unit / blocks];
-  const int64_t j0 = (unit % blocks) * rows_per_block;
-  const int64_t j1 = std::min(j0 + rows_per_block, p.max_rank);
+  const ShrinkParams& p0 = *parts[0].p;  // x, H_in, the token map: shared by every part
   const int64_t M = item.end - item.begin;
   const int64_t* rows = plan.order.data() + item.begin;
-  const int64_t r = effective_rank(p.ranks, item.slot, p.num_slots, p.max_rank);
-  const int64_t jn = std::clamp<int64_t>(r - j0, 0, j1 - j0);  // rows computed here
-  auto v_row = [&](int64_t m) { return static_cast<Acc*>(p.v) + rows[m] * p.v_stride; };
+  std::vector<int64_t> jn(num_parts), first(num_parts);  // rows computed per part, their start in the list
+  int64_t J = 0;
+  for (int64_t s = 0; s < num_parts; ++s) {
+    const RowPart& part = parts[s];
+    const int64_t r = effective_rank(part.p->ranks, item.slot, part.p->num_slots, part.p->max_rank);
+    jn[s] = std::clamp<int64_t>(r - part.j0, 0, part.j1 - part.j0);
+    first[s] = J;
+    J += jn[s];
+  }
 
   std::vector<Acc>& acc = scratch<Acc>(0);
-  acc.assign(static_cast<size_t>(M * rows_per_block), Acc(0));
-  if (jn > 0) {
-    const T* x = static_cast<const T*>(p.x);
-    const T* a = static_cast<const T*>(p.lora_a) + (item.slot * p.max_rank + j0) * p.h_in;
-    std::vector<const Acc*> xp(M), wp(jn);
+  acc.assign(static_cast<size_t>(M * J), Acc(0));
+  if (J > 0) {
+    const T* x = static_cast<const T*>(p0.x);
+    std::vector<const Acc*> xp(M), wp(J);
+    std::vector<const T*> a(J);  // row j of the list in its part's lora_a
+    for (int64_t s = 0; s < num_parts; ++s) {
+      const RowPart& part = parts[s];
+      const T* base = static_cast<const T*>(part.p->lora_a) + (item.slot * part.p->max_rank + part.j0) * p0.h_in;
+      for (int64_t j = 0; j < jn[s]; ++j) a[first[s] + j] = base + j * p0.h_in;
+    }
     std::vector<Acc>& xs = scratch<Acc>(1);
     std::vector<Acc>& ws = scratch<Acc>(2);
     constexpr bool kDirect = std::is_same_v<T, Acc>;
     if (!kDirect) {
       xs.resize(static_cast<size_t>(M * kKBlock));
-      ws.resize(static_cast<size_t>(jn * kKBlock));
+      ws.resize(static_cast<size_t>(J * kKBlock));
     }
-    for (int64_t k0 = 0; k0 < p.h_in; k0 += kKBlock) {
-      const int64_t len = std::min(kKBlock, p.h_in - k0);
+    for (int64_t k0 = 0; k0 < p0.h_in; k0 += kKBlock) {
+      const int64_t len = std::min(kKBlock, p0.h_in - k0);
       for (int64_t m = 0; m < M; ++m) {
-        const T* src = x + rows[m] * p.x_stride + k0;
+        const T* src = x + rows[m] * p0.x_stride + k0;
         if constexpr (kDirect) {
           xp[m] = reinterpret_cast<const Acc*>(src);
         } else {
@@ -232,8 +250,8 @@ void shrink_unit(const ShrinkParams& p, const Plan& plan, int64_t unit) {
           xp[m] = dst;
         }
       }
-      for (int64_t j = 0; j < jn; ++j) {
-        const T* src = a + j * p.h_in + k0;
+      for (int64_t j = 0; j < J; ++j) {
+        const T* src = a[j] + k0;
         if constexpr (kDirect) {
           wp[j] = reinterpret_cast<const Acc*>(src);
         } else {
@@ -242,29 +260,42 @@ void shrink_unit(const ShrinkParams& p, const Plan& plan, int64_t unit) {
           wp[j] = dst;
         }
       }
-      // acc is laid out [M][jn] while computing, then scattered to v.
-      if (blocks == 1 && M >= kPackedMinTokens) {
+      // acc is laid out [M][J] while computing, then scattered to v.
+      if (packed_ok && M >= kPackedMinTokens) {
         constexpr int64_t kChunk = 64 / sizeof(Acc);  // rank rows per packed pass: two vectors
         std::vector<Acc>& wt = scratch<Acc>(3);
         wt.resize(static_cast<size_t>(kKBlock * kChunk));
-        for (int64_t c0 = 0; c0 < jn; c0 += kChunk) {
-          const int64_t cn = std::min(kChunk, jn - c0);
+        for (int64_t c0 = 0; c0 < J; c0 += kChunk) {
+          const int64_t cn = std::min(kChunk, J - c0);
           for (int64_t j = 0; j < kChunk; ++j) {
             Acc* dst = wt.data() + j;
             const Acc* src = j < cn ? wp[c0 + j] : nullptr;
             for (int64_t k = 0; k < len; ++k) dst[k * kChunk] = src ? src[k] : Acc(0);
           }
-          packed_block(xp.data(), M, wt.data(), len, acc.data() + c0, jn, cn);
+          packed_block(xp.data(), M, wt.data(), len, acc.data() + c0, J, cn);
         }
       } else {
-        dot_block(xp.data(), M, wp.data(), jn, len, acc.data());
+        dot_block(xp.data(), M, wp.data(), J, len, acc.data());
       }
     }
   }
-  for (int64_t m = 0; m < M; ++m) {
-    Acc* out = v_row(m);
-    for (int64_t j = j0; j < j1; ++j) out[j] = (j - j0 < jn) ? acc[m * jn + (j - j0)] : Acc(0);
+  for (int64_t s = 0; s < num_parts; ++s) {
+    const RowPart& part = parts[s];
+    for (int64_t m = 0; m < M; ++m) {
+      Acc* out = static_cast<Acc*>(part.p->v) + rows[m] * part.p->v_stride;
+      for (int64_t j = part.j0; j < part.j1; ++j)
+        out[j] = (j - part.j0 < jn[s]) ? acc[m * J + first[s] + (j - part.j0)] : Acc(0);
+    }
   }
+}
+
+template <typename T>
+void shrink_unit(const ShrinkParams& p, const Plan& plan, int64_t unit) {
+  const int64_t blocks = shrink_column_blocks(p, plan);
+  const int64_t rows_per_block = blocks == 1 ? p.max_rank : kShrinkRowsPerBlock;
+  const int64_t j0 = (unit % blocks) * rows_per_block;
+  const RowPart part{&p, j0, std::min(j0 + rows_per_block, p.max_rank)};
+  shrink_rows<T>(&part, 1, plan, plan.items[unit / blocks], blocks == 1);
 }
 
 template <typename T>
@@ -422,6 +453,64 @@ void expand(const ExpandParams& p, const Plan& plan, int64_t begin, int64_t end)
 }
 void embedding_shrink(const EmbeddingShrinkParams& p, const Plan& plan, int64_t begin, int64_t end) {
   dispatch<EmbeddingShrinkRange>(p.dtype, p, plan, begin, end);
+}
+
+namespace {
+
+// Splits units [begin, end) of a slice-major numbering into per-slice local ranges.
+template <typename Params, typename Run>
+void run_slices(const Params* p, const std::vector<int64_t>& offsets, int64_t begin, int64_t end, Run run) {
+  const int64_t n = static_cast<int64_t>(offsets.size()) - 1;
+  // The slice holding `begin`: the last s with offsets[s] <= begin.
+  int64_t s = std::upper_bound(offsets.begin(), offsets.end(), begin) - offsets.begin() - 1;
+  for (; s < n && offsets[s] < end; ++s) {
+    const int64_t b = std::max(begin, offsets[s]) - offsets[s];
+    const int64_t e = std::min(end, offsets[s + 1]) - offsets[s];
+    if (b < e) run(p[s], b, e);
+  }
+}
+
+template <typename T>
+struct FusedShrinkRange {
+  static void run(const ShrinkParams* p, int64_t n, const Plan& plan, int64_t begin, int64_t end) {
+    std::vector<RowPart> parts(static_cast<size_t>(n));
+    for (int64_t s = 0; s < n; ++s) parts[s] = RowPart{&p[s], 0, p[s].max_rank};
+    for (int64_t i = begin; i < end; ++i) shrink_rows<T>(parts.data(), n, plan, plan.items[i], true);
+  }
+};
+
+}  // namespace
+
+SliceUnits shrink_slice_units(const ShrinkParams* p, int64_t n, const Plan& plan, bool allow_fused) {
+  SliceUnits u;
+  u.offsets.assign(static_cast<size_t>(n) + 1, 0);
+  const int64_t items = static_cast<int64_t>(plan.items.size());
+  u.fused = allow_fused && n > 1;
+  for (int64_t s = 0; s < n; ++s) {
+    const int64_t blocks = shrink_column_blocks(p[s], plan);
+    u.fused = u.fused && blocks == 1;
+    u.offsets[s + 1] = u.offsets[s] + items * blocks;
+  }
+  u.total = u.fused ? items : u.offsets[n];
+  return u;
+}
+SliceUnits expand_slice_units(const ExpandParams* p, int64_t n, const Plan& plan) {
+  SliceUnits u;
+  u.offsets.assign(static_cast<size_t>(n) + 1, 0);
+  const int64_t items = static_cast<int64_t>(plan.items.size());
+  for (int64_t s = 0; s < n; ++s) u.offsets[s + 1] = u.offsets[s] + items * expand_column_blocks(p[s]);
+  u.total = u.offsets[n];
+  return u;
+}
+void shrink_slices(const ShrinkParams* p, const SliceUnits& units, const Plan& plan, int64_t begin, int64_t end) {
+  const int64_t n = static_cast<int64_t>(units.offsets.size()) - 1;
+  if (units.fused) return dispatch<FusedShrinkRange>(p[0].dtype, p, n, plan, begin, end);
+  run_slices(p, units.offsets, begin, end,
+             [&](const ShrinkParams& q, int64_t b, int64_t e) { shrink(q, plan, b, e); });
+}
+void expand_slices(const ExpandParams* p, const SliceUnits& units, const Plan& plan, int64_t begin, int64_t end) {
+  run_slices(p, units.offsets, begin, end,
+             [&](const ExpandParams& q, int64_t b, int64_t e) { expand(q, plan, b, e); });
 }
 
 }  // namespace lora_kernels::cpu

@@ -39,4 +39,23 @@ void expand(const ExpandParams& p, const Plan& plan, int64_t begin, int64_t end)
 // Embedding shrink: one unit per work item.
 void embedding_shrink(const EmbeddingShrinkParams& p, const Plan& plan, int64_t begin, int64_t end);
 
+// add_lora_slices: n slices (each its own weights, ranks, v and column range of y, all sharing x
+// and the token map) over one plan. Each phase is one set of units that the caller runs in
+// parallel, covering every slice x work item x column block.
+struct SliceUnits {
+  // fused (shrink only): one unit per work item computes every slice's rank rows, staging x
+  // once; possible when each slice takes its whole rank in one unit (shrink_column_blocks == 1).
+  // Otherwise slice s owns units [offsets[s], offsets[s + 1]) and runs them as its own.
+  bool fused = false;
+  std::vector<int64_t> offsets;  // n + 1 entries
+  int64_t total = 0;             // the number of units
+};
+// `allow_fused`: the caller has enough work items for its threads without splitting by slice.
+SliceUnits shrink_slice_units(const ShrinkParams* p, int64_t n, const Plan& plan, bool allow_fused);
+SliceUnits expand_slice_units(const ExpandParams* p, int64_t n, const Plan& plan);
+// Run units [begin, end) of those numberings; the results are bit-for-bit those of running
+// each slice's shrink / expand on its own.
+void shrink_slices(const ShrinkParams* p, const SliceUnits& units, const Plan& plan, int64_t begin, int64_t end);
+void expand_slices(const ExpandParams* p, const SliceUnits& units, const Plan& plan, int64_t begin, int64_t end);
+
 }  // namespace lora_kernels::cpu

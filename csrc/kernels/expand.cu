@@ -1,5 +1,6 @@
 // Expand launcher: explicit instantiations per dtype, vectorized and scalar paths.
 #include "dispatch.cuh"
+#include "lora_kernels/kernel_launch.h"
 #include "lora_kernels/kernels.cuh"
 #include "lora_kernels/launch.h"
 
@@ -16,9 +17,9 @@ cudaError_t launch_expand(const ExpandParams& p, cudaStream_t stream) {
     constexpr int kVec = 16 / sizeof(T);
     const bool vectorized = p.max_rank % kVec == 0 && detail::aligned16(p.lora_b);
     if (vectorized)
-      detail::expand_kernel<T, kVec, kMaxTokens><<<grid, detail::kThreads, 0, stream>>>(p);
+      LK_LAUNCH(grid, detail::kThreads, 0, stream, detail::expand_kernel<T, kVec, kMaxTokens>)(p);
     else
-      detail::expand_kernel<T, 1, kMaxTokens><<<grid, detail::kThreads, 0, stream>>>(p);
+      LK_LAUNCH(grid, detail::kThreads, 0, stream, detail::expand_kernel<T, 1, kMaxTokens>)(p);
     return cudaGetLastError();
   });
 }

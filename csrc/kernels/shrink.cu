@@ -1,5 +1,6 @@
 // Shrink launchers: explicit instantiations per dtype, vectorized and scalar paths.
 #include "dispatch.cuh"
+#include "lora_kernels/kernel_launch.h"
 #include "lora_kernels/kernels.cuh"
 #include "lora_kernels/launch.h"
 
@@ -18,9 +19,9 @@ cudaError_t launch_shrink(const ShrinkParams& p, cudaStream_t stream) {
     const bool vectorized = p.h_in % kVec == 0 && p.x_stride % kVec == 0 &&
                             detail::aligned16(p.x) && detail::aligned16(p.lora_a);
     if (vectorized)
-      detail::shrink_kernel<T, kVec, kRows, kMaxTokens><<<grid, detail::kThreads, 0, stream>>>(p);
+      LK_LAUNCH(grid, detail::kThreads, 0, stream, detail::shrink_kernel<T, kVec, kRows, kMaxTokens>)(p);
     else
-      detail::shrink_kernel<T, 1, kRows, kMaxTokens><<<grid, detail::kThreads, 0, stream>>>(p);
+      LK_LAUNCH(grid, detail::kThreads, 0, stream, detail::shrink_kernel<T, 1, kRows, kMaxTokens>)(p);
     return cudaGetLastError();
   });
 }
@@ -30,7 +31,7 @@ cudaError_t launch_embedding_shrink(const EmbeddingShrinkParams& p, cudaStream_t
   const unsigned blocks = detail::ceil_div(p.map.num_tokens * p.max_rank, detail::kThreads);
   return detail::dispatch_dtype(p.dtype, [&](auto elem) {
     using T = decltype(elem);
-    detail::embedding_shrink_kernel<T><<<blocks, detail::kThreads, 0, stream>>>(p);
+    LK_LAUNCH(blocks, detail::kThreads, 0, stream, detail::embedding_shrink_kernel<T>)(p);
     return cudaGetLastError();
   });
 }

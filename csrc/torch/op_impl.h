@@ -7,6 +7,10 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <deque>
+#include <string>
+#include <vector>
+
 #include "prepare.h"
 
 namespace lora_kernels::binding {
@@ -143,6 +147,118 @@ void register_ops(torch::Library& m) {
   });
   m.impl("add_lora", &add_lora_op<Backend>);
   m.impl("add_lora_embedding", &add_lora_embedding_op<Backend>);
+}
+
+// The tensor arguments of add_lora_slices but y, in schema order, each element of a per-slice
+// list named like "lora_a[1]": what the device and overlap checks walk.
+class SliceArgs {
+ public:
+  void add(const char* name, const Tensor& t) { args_.push_back(arg(name, t)); }
+  void add(const char* name, const OptTensor& t) { args_.push_back(arg(name, t)); }
+  void add(const char* name, at::TensorList list) {
+    for (size_t i = 0; i < list.size(); ++i) {
+      names_.push_back(std::string(name) + "[" + std::to_string(i) + "]");  // a deque: c_str() stays put
+      args_.push_back(arg(names_.back().c_str(), list[i]));
+    }
+  }
+  void add(const char* name, const std::optional<at::TensorList>& list) {
+    if (list.has_value()) add(name, *list);
+  }
+  const std::vector<Arg>& args() const { return args_; }
+
+ private:
+  std::deque<std::string> names_;
+  std::vector<Arg> args_;
+};
+
+// add_lora_slices: n slices side by side in y's columns. Slice i is add_lora on the column view
+// y[:, o_i : o_i + H_out_i] (o_i = the earlier slices' H_out summed) with lora_a[i], lora_b[i],
+// scaling[i], ranks[i], lora_bias[i]; every slice shares x and the token map. Every argument of
+// every slice is checked before anything is written; then Backend::add_lora_slices runs them.
+template <typename Backend>
+void add_lora_slices_op(const Tensor& y, const Tensor& x, at::TensorList lora_a, at::TensorList lora_b,
+                        at::TensorList scaling, const OptTensor& indices, const OptTensor& seg_indptr,
+                        const OptTensor& seg_adapter, std::optional<at::TensorList> ranks,
+                        std::optional<at::TensorList> lora_bias) {
+  const char* op = "add_lora_slices";
+  typename Backend::Guard guard(y.device());
+  SliceArgs inputs;  // every tensor but y, of every slice
+  inputs.add("x", x);
+  inputs.add("lora_a", lora_a);
+  inputs.add("lora_b", lora_b);
+  inputs.add("scaling", scaling);
+  inputs.add("indices", indices);
+  inputs.add("seg_indptr", seg_indptr);
+  inputs.add("seg_adapter", seg_adapter);
+  inputs.add("ranks", ranks);
+  inputs.add("lora_bias", lora_bias);
+  check_devices(op, arg("y", y), inputs.args());
+  const int64_t T = num_tokens(op, "x", x, "[T, H_in]");
+  TORCH_CHECK(num_tokens(op, "y", y, "[T, H_out]") == T, op, ": y must have shape [T, H_out] with T = ", T,
+              " (from x), got shape ", y.sizes(), ".");
+  TORCH_CHECK(y.scalar_type() == x.scalar_type(), op, ": y must have the same dtype as x (", x.scalar_type(),
+              "), got ", y.scalar_type(), ".");
+  const size_t n = lora_a.size();
+  TORCH_CHECK(n > 0, op, ": lora_a must be a list of at least one slice's [N, R, H_in] stack, got an empty list.");
+  auto check_length = [&](const char* name, size_t length) {
+    TORCH_CHECK(length == n, op, ": ", name, " must be a list of ", n, " tensors (one per slice, as lora_a), got ",
+                length, ".");
+  };
+  check_length("lora_b", lora_b.size());
+  check_length("scaling", scaling.size());
+  if (ranks.has_value()) check_length("ranks", ranks->size());
+  if (lora_bias.has_value()) check_length("lora_bias", lora_bias->size());
+
+  std::vector<std::string> names(n);  // "add_lora_slices (slice i)": what the per-slice checks say
+  int64_t num_slots = 0, h_out_total = 0;
+  std::string h_out_sum;
+  for (size_t i = 0; i < n; ++i) {
+    names[i] = std::string(op) + " (slice " + std::to_string(i) + ")";
+    check_pair(names[i].c_str(), lora_a[i], lora_b[i], "[N, H_out, R]");
+    if (i == 0) num_slots = lora_a[0].size(0);
+    TORCH_CHECK(lora_a[i].size(0) == num_slots, op, ": every slice must have the same number of slots N = ",
+                num_slots, " (from lora_a[0]), got lora_a[", i, "] with shape ", lora_a[i].sizes(), ".");
+    const int64_t h_out = lora_b[i].size(1);
+    if (lora_bias.has_value()) {
+      const Tensor& bias = (*lora_bias)[i];
+      TORCH_CHECK(bias.dim() == 2 && bias.size(0) == num_slots && bias.size(1) == h_out, names[i],
+                  ": lora_bias must have shape [N, H_out] with N = ", num_slots, " and H_out = ", h_out,
+                  " (from lora_b), got shape ", bias.sizes(), ".");
+    }
+    h_out_total += h_out;
+    h_out_sum += (i > 0 ? " + " : "") + std::to_string(h_out);
+  }
+  TORCH_CHECK(y.size(1) == h_out_total, op, ": y must have shape [T, H_out] with H_out = ", h_out_sum, " = ",
+              h_out_total, " (the slices' H_out side by side), got shape ", y.sizes(), ".");
+
+  const TokenMap map = make_token_map(op, T, indices, seg_indptr, seg_adapter);
+  std::vector<Tensor> v(n), scaling_acc(n);
+  std::vector<ShrinkParams> shrink(n);
+  std::vector<ExpandParams> expand(n);
+  std::vector<OptTensor> slice_ranks(n);
+  std::vector<int64_t> max_ranks(n);
+  int64_t offset = 0;
+  for (size_t i = 0; i < n; ++i) {
+    slice_ranks[i] = ranks.has_value() ? OptTensor((*ranks)[i]) : std::nullopt;
+    const OptTensor bias_i = lora_bias.has_value() ? OptTensor((*lora_bias)[i]) : std::nullopt;
+    const int64_t h_out = lora_b[i].size(1);
+    shrink[i] = prepare_shrink(names[i].c_str(), x, lora_a[i], map, slice_ranks[i], &v[i]);
+    expand[i] = prepare_expand(names[i].c_str(), y.narrow(1, offset, h_out), v[i], lora_b[i], scaling[i], bias_i,
+                               map, slice_ranks[i], &scaling_acc[i]);
+    offset += h_out;
+    max_ranks[i] = shrink[i].max_rank;
+  }
+  // y as a whole: an input of one slice must not share memory with another slice's columns either.
+  check_no_overlap(op, y, inputs.args());
+  if (Backend::kAlwaysCheckValues || debug_checks_enabled())
+    check_slice_values(op, map, indices, seg_indptr, seg_adapter, slice_ranks, max_ranks, num_slots);
+  // One plan (the CPU's grouping of tokens by slot) for every slice and both phases.
+  Backend::add_lora_slices(shrink, expand, Backend::make_plan(map, num_slots));
+}
+
+template <typename Backend>
+void register_slices_op(torch::Library& m) {
+  m.impl("add_lora_slices", &add_lora_slices_op<Backend>);
 }
 
 }  // namespace lora_kernels::binding

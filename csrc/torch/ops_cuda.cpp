@@ -29,6 +29,15 @@ struct CudaBackend {
   static void embedding_shrink(const EmbeddingShrinkParams& p, const Plan&) {
     C10_CUDA_CHECK(cuda::launch_embedding_shrink(p, current_stream()));
   }
+  // FIRST CUT, NOT THE ONE-LAUNCH KERNEL: the existing shrink / expand launchers, called once per
+  // slice on y's column views (2 x n launches, each slice grouping its tokens anew). The fused
+  // kernels (one launch per phase for every slice) come with issue 9's CUDA work, once the CPU
+  // executor for the CUDA sources can verify them. Still no host sync: graph capturable.
+  static void add_lora_slices(const std::vector<ShrinkParams>& sp, const std::vector<ExpandParams>& ep,
+                              const Plan& plan) {
+    for (const ShrinkParams& p : sp) shrink(p, plan);
+    for (const ExpandParams& p : ep) expand(p, plan);
+  }
 };
 
 }  // namespace
@@ -36,4 +45,5 @@ struct CudaBackend {
 
 TORCH_LIBRARY_IMPL(lora_kernels, CUDA, m) {
   lora_kernels::binding::register_ops<lora_kernels::binding::CudaBackend>(m);
+  lora_kernels::binding::register_slices_op<lora_kernels::binding::CudaBackend>(m);
 }

@@ -134,12 +134,12 @@ bool debug_checks_enabled() {
   return v != nullptr && v[0] != '\0' && std::string(v) != "0";
 }
 
-void check_devices(const char* op, const Arg& lead, std::initializer_list<Arg> args) {
+void check_devices(const char* op, const Arg& lead, const std::vector<Arg>& args) {
   for (const Arg& a : args)
     if (a.tensor != nullptr) check_device(op, a.name, *a.tensor, *lead.tensor, lead.name);
 }
 
-void check_no_overlap(const char* op, const Tensor& y, std::initializer_list<Arg> inputs) {
+void check_no_overlap(const char* op, const Tensor& y, const std::vector<Arg>& inputs) {
   const int64_t T = y.size(0), H = y.size(1);
   TORCH_CHECK(T <= 1 || H == 0 || y.stride(0) >= H, op, ": y must have rows that do not share memory (row stride >= ",
               "H_out = ", H, "), got shape ", shape_str(y), " with strides ", y.strides(),
@@ -292,6 +292,17 @@ EmbeddingShrinkParams prepare_embedding_shrink(const char* op, const Tensor& y, 
   p.v = v->data_ptr();
   p.v_stride = p.max_rank;
   return p;
+}
+
+void check_slice_values(const char* op, const TokenMap& map, const OptTensor& indices, const OptTensor& seg_indptr,
+                        const OptTensor& seg_adapter, const std::vector<OptTensor>& ranks,
+                        const std::vector<int64_t>& max_ranks, int64_t num_slots) {
+  check_values(op, map, indices, seg_indptr, seg_adapter, std::nullopt, num_slots, 0);
+  for (size_t i = 0; i < ranks.size(); ++i) {
+    const Tensor h_ranks = host(ranks[i]);
+    const std::string error = check_ranks(host_vec(h_ranks), num_slots, max_ranks[i]);
+    TORCH_CHECK(error.empty(), op, " (slice ", i, "): ", error);
+  }
 }
 
 }  // namespace lora_kernels::binding

@@ -6,6 +6,7 @@
 
 #include <initializer_list>
 #include <optional>
+#include <vector>
 
 #include "lora_kernels/params.h"
 
@@ -28,13 +29,19 @@ inline Arg arg(const char* name, const OptTensor& t) { return {name, t.has_value
 // Every tensor argument must be on the device of the op's lead tensor (y for the ops that
 // write y, x for the shrinks). Checked first: a call that mixes devices is refused by name
 // before any shape or value check reads it.
-void check_devices(const char* op, const Arg& lead, std::initializer_list<Arg> args);
+void check_devices(const char* op, const Arg& lead, const std::vector<Arg>& args);
+inline void check_devices(const char* op, const Arg& lead, std::initializer_list<Arg> args) {
+  check_devices(op, lead, std::vector<Arg>(args));
+}
 
 // The output y (2-D, unit column stride: checked before) must not write one memory location
 // from two rows, and no input may share memory with it: the result would depend on the order
 // the kernels visit rows and columns. Row-strided views of a wider tensor (a column slice of a
 // fused qkv output) are fine, and so are inputs in other column slices of the same tensor.
-void check_no_overlap(const char* op, const Tensor& y, std::initializer_list<Arg> inputs);
+void check_no_overlap(const char* op, const Tensor& y, const std::vector<Arg>& inputs);
+inline void check_no_overlap(const char* op, const Tensor& y, std::initializer_list<Arg> inputs) {
+  check_no_overlap(op, y, std::vector<Arg>(inputs));
+}
 
 // Per-token indices, or segments, checked against T (devices are checked by check_devices).
 TokenMap make_token_map(const char* op, int64_t num_tokens, const OptTensor& indices, const OptTensor& seg_indptr,
@@ -63,5 +70,11 @@ ExpandParams prepare_expand(const char* op, const Tensor& y, const Tensor& v, co
 EmbeddingShrinkParams prepare_embedding_shrink(const char* op, const Tensor& y, const Tensor& token_ids,
                                                const Tensor& lora_a, const TokenMap& map, const OptTensor& ranks,
                                                Tensor* v);
+
+// add_lora_slices' value checks: the token map once (as check_values, named after `op`), then
+// each slice's ranks[i] against its R_i = max_ranks[i], named "op (slice i)".
+void check_slice_values(const char* op, const TokenMap& map, const OptTensor& indices, const OptTensor& seg_indptr,
+                        const OptTensor& seg_adapter, const std::vector<OptTensor>& ranks,
+                        const std::vector<int64_t>& max_ranks, int64_t num_slots);
 
 }  // namespace lora_kernels::binding

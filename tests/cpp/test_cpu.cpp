@@ -153,9 +153,73 @@ void test_value_checks() {
   EXPECT(e == "ranks[1] = 9 is out of range; expected 0 <= ranks[a] <= R = 8.", "%s", e.c_str());
 }
 
+// add_lora_slices' executor: two slices over one plan, run as ranges of units that straddle the
+// slices (as a parallel loop splits them), bit-for-bit equal to each slice's own shrink / expand;
+// `expect_fused`: the shrink takes both slices' rows in one unit per work item.
+void test_slices(int64_t T_, int64_t R0, int64_t R1, int64_t group_tokens, bool allow_fused, bool expect_fused) {
+  const int64_t H_in = 19, N = 3;
+  const int64_t widths[2] = {13, 6}, max_ranks[2] = {R0, R1}, H_out = 19;
+  std::vector<int32_t> idx(T_);
+  for (int64_t t = 0; t < T_; ++t) idx[t] = static_cast<int32_t>((t * 7) % (N + 1)) - 1;  // -1 .. 2, unsorted
+  TokenMap map;
+  map.num_tokens = T_;
+  map.indices = IndexVec{idx.data(), false, true};
+  std::vector<int32_t> ranks[2] = {{static_cast<int32_t>(R0), 0, static_cast<int32_t>(R0 / 2)},
+                                   {static_cast<int32_t>(R1), 1, static_cast<int32_t>(R1)}};
+  uint32_t state = 12345;
+  auto rnd = [&]() { return static_cast<float>((state = state * 1664525u + 1013904223u) >> 8) / 16777216.0f - 0.5f; };
+  std::vector<float> x(T_ * H_in), y0(T_ * H_out), a[2], b[2], scaling[2];
+  for (float& e : x) e = rnd();
+  for (float& e : y0) e = rnd();
+  std::vector<float> y_fused = y0, y_each = y0, v_fused[2], v_each[2];
+  ShrinkParams sp[2];
+  ExpandParams ep[2], ep_each[2];
+  int64_t offset = 0;
+  for (int i = 0; i < 2; ++i) {
+    const int64_t R = max_ranks[i];
+    a[i].resize(N * R * H_in), b[i].resize(N * widths[i] * R), scaling[i] = {0.5f, 2.0f, 1.5f};
+    for (float& e : a[i]) e = rnd();
+    for (float& e : b[i]) e = rnd();
+    v_fused[i].assign(T_ * R, -1.0f), v_each[i].assign(T_ * R, -1.0f);
+    const IndexVec r{ranks[i].data(), false, true};
+    sp[i].x = x.data(), sp[i].x_stride = H_in, sp[i].lora_a = a[i].data(), sp[i].v = v_fused[i].data();
+    sp[i].v_stride = R, sp[i].ranks = r, sp[i].num_slots = N, sp[i].max_rank = R, sp[i].h_in = H_in;
+    sp[i].dtype = DType::kFloat32, sp[i].map = map;
+    ep[i].y = y_fused.data() + offset, ep[i].y_stride = H_out, ep[i].v = v_fused[i].data(), ep[i].v_stride = R;
+    ep[i].lora_b = b[i].data(), ep[i].scaling = scaling[i].data(), ep[i].ranks = r, ep[i].num_slots = N;
+    ep[i].max_rank = R, ep[i].h_out = widths[i], ep[i].dtype = DType::kFloat32, ep[i].map = map;
+    ep_each[i] = ep[i];
+    ep_each[i].y = y_each.data() + offset, ep_each[i].v = v_each[i].data();
+    offset += widths[i];
+  }
+  const std::string error = check_token_map(map, N);
+  EXPECT(error.empty(), "check_token_map: %s", error.c_str());
+  const cpu::Plan plan = cpu::build_plan(map, N, group_tokens);
+  const cpu::SliceUnits su = cpu::shrink_slice_units(sp, 2, plan, allow_fused);
+  const cpu::SliceUnits eu = cpu::expand_slice_units(ep, 2, plan);
+  EXPECT(su.fused == expect_fused, "T=%lld R=%lld,%lld: fused shrink %d, expected %d", (long long)T_, (long long)R0,
+         (long long)R1, su.fused, expect_fused);
+  EXPECT(eu.offsets.size() == 3 && eu.offsets[1] > 0 && eu.total > eu.offsets[1], "expand offsets");
+  for (int64_t u = 0; u < su.total; u += 3) cpu::shrink_slices(sp, su, plan, u, std::min<int64_t>(u + 3, su.total));
+  for (int64_t u = 0; u < eu.total; u += 5) cpu::expand_slices(ep, eu, plan, u, std::min<int64_t>(u + 5, eu.total));
+  for (int i = 0; i < 2; ++i) {
+    ShrinkParams each = sp[i];
+    each.v = v_each[i].data();
+    cpu::shrink(each, plan, 0, static_cast<int64_t>(plan.items.size()) * cpu::shrink_column_blocks(each, plan));
+    cpu::expand(ep_each[i], plan, 0, static_cast<int64_t>(plan.items.size()) * cpu::expand_column_blocks(ep_each[i]));
+    EXPECT(v_fused[i] == v_each[i], "slice %d: v differs from the slice's own shrink", i);
+  }
+  EXPECT(y_fused == y_each, "slices: y differs from each slice's own shrink / expand");
+  EXPECT(y_fused != y0, "slices: y was not updated");
+}
+
 int main() {
   test_conversions();
   test_value_checks();
+  test_slices(23, 5, 2, 4, true, false);     // rank 5 splits into row blocks: units per slice
+  test_slices(23, 4, 3, 4, true, true);      // whole ranks per unit: one unit per item, dot products
+  test_slices(23, 4, 3, 4, false, false);
+  test_slices(300, 20, 6, 64, true, true);   // items of >= 16 tokens: the packed shrink, rows of both
   for (bool seg : {false, true}) {
     check_add_lora<float>(DType::kFloat32, seg, 29, 67, 45, 4, 8, 1e-5, 1);
     check_add_lora<double>(DType::kFloat64, seg, 17, 4097, 3, 3, 5, 1e-12, 2);

@@ -13,6 +13,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstring>
 
 #include "lora_kernels/params.h"
 
@@ -48,12 +49,18 @@ struct Elem<double> {
   static __device__ __forceinline__ double store(double v) { return v; }
 };
 
-// Loads VEC elements starting at p (16 bytes in one instruction when VEC * sizeof(T) == 16).
+// Loads VEC elements starting at p (16 bytes in one instruction when VEC * sizeof(T) == 16;
+// the launchers take that path only when p is 16-byte aligned). memcpy into the vector type
+// with the alignment stated, not a uint4 pointer cast: well-defined C++ (g++ -O2 miscompiles the
+// cast under strict aliasing). nvcc emits one 128-bit load (LDG.E.128) per call, as with the
+// cast; a memcpy straight into the T array split some of them into narrower loads.
 template <typename T, int VEC>
 __device__ __forceinline__ void load_vec(const T* p, typename Elem<T>::Acc (&out)[VEC]) {
   if constexpr (VEC * sizeof(T) == 16) {
-    const uint4 raw = *reinterpret_cast<const uint4*>(p);
-    const T* e = reinterpret_cast<const T*>(&raw);
+    uint4 raw;
+    memcpy(&raw, __builtin_assume_aligned(p, 16), 16);
+    T e[VEC];
+    memcpy(static_cast<void*>(e), &raw, 16);
 #pragma unroll
     for (int i = 0; i < VEC; ++i) out[i] = Elem<T>::load(e[i]);
   } else {

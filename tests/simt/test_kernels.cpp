@@ -1,0 +1,456 @@
+// The CUDA kernels (csrc/kernels/*.cu, compiled by g++ onto the SIMT executor) against a naive
+// float64 reference, with the tolerances of DESIGN §6: the cases of tests/gpu/test_gpu_ops.py
+// and the ones issue 8 lists, in fp16 / bf16 / fp32 / fp64, per-token indices and segments.
+//
+// Usage: test_kernels [--quick] [--stop-on-fail] [--only SUBSTRING]. Runs the executor's own checks
+// (test_executor.cpp) first, unless --quick or --only; prints one line per case and
+// `N passed, M failed` last; exit status 1 when a case failed.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <chrono>
+#include <new>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "lora_kernels/launch.h"
+#include "lora_kernels/params.h"
+#include "simt.h"
+
+using namespace lora_kernels;
+
+namespace {
+
+// Exactly-sized 16-byte aligned heap buffer: AddressSanitizer catches any access past its end.
+template <typename T>
+struct Buf {
+  T* p = nullptr;
+  size_t n = 0;
+  explicit Buf(size_t count) : n(count) {
+    p = static_cast<T*>(::operator new(count ? count * sizeof(T) : 1, std::align_val_t(16)));
+  }
+  ~Buf() { ::operator delete(p, std::align_val_t(16)); }
+  Buf(const Buf&) = delete;
+  Buf& operator=(const Buf&) = delete;
+};
+
+template <typename T> struct Type;
+template <> struct Type<__half> {
+  using Acc = float;
+  static constexpr DType kDType = DType::kFloat16;
+  static constexpr const char* kName = "fp16";
+  static constexpr double kTol = 1e-2, kEps = 0.0009765625;
+  static __half from(double d) { return __float2half_rn(static_cast<float>(d)); }
+  static double to(__half h) { return __half2float(h); }
+};
+template <> struct Type<__nv_bfloat16> {
+  using Acc = float;
+  static constexpr DType kDType = DType::kBFloat16;
+  static constexpr const char* kName = "bf16";
+  static constexpr double kTol = 1e-2, kEps = 0.0078125;
+  static __nv_bfloat16 from(double d) { return __float2bfloat16_rn(static_cast<float>(d)); }
+  static double to(__nv_bfloat16 h) { return __bfloat162float(h); }
+};
+template <> struct Type<float> {
+  using Acc = float;
+  static constexpr DType kDType = DType::kFloat32;
+  static constexpr const char* kName = "fp32";
+  static constexpr double kTol = 1e-5, kEps = 0;
+  static float from(double d) { return static_cast<float>(d); }
+  static double to(float f) { return f; }
+};
+template <> struct Type<double> {
+  using Acc = double;
+  static constexpr DType kDType = DType::kFloat64;
+  static constexpr const char* kName = "fp64";
+  static constexpr double kTol = 1e-12, kEps = 0;
+  static double from(double d) { return d; }
+  static double to(double d) { return d; }
+};
+
+struct Spec {
+  std::string name;
+  int64_t T, H_in, H_out, N, R;
+  int S = -1;  // segments (some empty); -1: max(1, min(T, 5))
+  bool bias = true, ranks = true;
+  int64_t x_pad = 0, x_off = 0, y_pad = 0, y_off = 0;  // row-strided views: stride H + pad, start at off
+  bool idx64 = false;
+  bool out_of_range = false;  // slots 1000 / -7, ranks R + 5 / -3 (stay in bounds, act as clamped)
+  bool one_slot = false;      // every token on slot 0: many leader groups of one adapter
+  bool sorted = false;        // indices sorted (else random order)
+  bool bf16_only = false;  // a large shape: run it in the serving dtype only
+};
+
+struct Result {
+  bool ok = true;
+  std::string why;
+  void check(bool cond, const std::string& what) {
+    if (!cond && ok) ok = false, why = what;
+  }
+};
+
+std::string fmt(const char* f, double a) {
+  char buf[128];
+  std::snprintf(buf, sizeof buf, f, a);
+  return buf;
+}
+
+// Integer vector in int32 or int64, exactly sized.
+struct Ints {
+  Buf<int32_t> i32;
+  Buf<int64_t> i64;
+  bool wide;
+  Ints(const std::vector<int64_t>& v, bool is64) : i32(is64 ? 0 : v.size()), i64(is64 ? v.size() : 0), wide(is64) {
+    for (size_t i = 0; i < v.size(); ++i) {
+      if (wide) i64.p[i] = v[i]; else i32.p[i] = static_cast<int32_t>(v[i]);
+    }
+  }
+  IndexVec vec() const { return IndexVec{wide ? static_cast<const void*>(i64.p) : i32.p, wide, true}; }
+};
+
+int64_t eff_rank(const std::vector<int64_t>& ranks, bool given, int64_t slot, int64_t N, int64_t R) {
+  if (slot < 0 || slot >= N) return 0;
+  if (!given) return R;
+  return std::min(std::max<int64_t>(ranks[slot], 0), R);
+}
+
+// ||d - d_ref|| / ||d_ref||, less the one rounding of y for low-precision y (DESIGN §6).
+double update_error(double err2, double ref2, double yref2, double eps) {
+  double err = std::sqrt(err2);
+  if (eps > 0) err = std::max(0.0, err - eps / 2 * std::sqrt(yref2));
+  return ref2 > 0 ? err / std::sqrt(ref2) : err;
+}
+
+template <typename T>
+Result run_linear(const Spec& s, bool segments, uint32_t seed, bool* vectorized) {
+  using Acc = typename Type<T>::Acc;
+  using Ty = Type<T>;
+  Result res;
+  const int64_t T_ = s.T, Hi = s.H_in, Ho = s.H_out, N = s.N, R = s.R;
+  std::mt19937_64 gen(seed);
+  std::normal_distribution<double> normal;
+  auto uniform = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(gen); };
+
+  // Slots, ranks, segments.
+  std::vector<int64_t> ranks(N);
+  for (int64_t a = 0; a < N; ++a) ranks[a] = a == 0 ? R : uniform(0, R);
+  if (N > 1) ranks[N - 1] = 0;  // rank 0 always present
+  if (s.out_of_range && N >= 3) ranks[1] = R + 5, ranks[2] = -3;
+  std::vector<int64_t> indices(T_);
+  for (auto& i : indices) i = s.one_slot ? 0 : uniform(-1, N - 1);
+  if (s.sorted) std::sort(indices.begin(), indices.end());
+  if (s.out_of_range && T_ >= 6) indices[3] = 1000, indices[5] = -7;
+  const int64_t S = s.S >= 0 ? s.S : std::max<int64_t>(1, std::min<int64_t>(T_, 5));
+  std::vector<int64_t> indptr{0}, seg_adapter(S);
+  {
+    std::vector<int64_t> cuts(S > 0 ? S - 1 : 0);
+    for (auto& c : cuts) c = uniform(0, T_);
+    std::sort(cuts.begin(), cuts.end());
+    if (cuts.size() >= 2) cuts[1] = cuts[0];  // at least one empty segment
+    for (auto c : cuts) indptr.push_back(c);
+    if (S > 0) indptr.push_back(T_);
+    for (auto& a : seg_adapter) a = s.one_slot ? 0 : uniform(-1, N - 1);
+    if (s.out_of_range && S >= 2) seg_adapter[1] = 1000;
+  }
+  std::vector<int64_t> slot_of(T_);
+  for (int64_t t = 0; t < T_; ++t) slot_of[t] = indices[t];
+  if (segments) {
+    for (int64_t seg = 0; seg < S; ++seg)
+      for (int64_t t = indptr[seg]; t < indptr[seg + 1]; ++t) slot_of[t] = seg_adapter[seg];
+  }
+
+  // Data in the element type; the reference reads the same rounded values.
+  const double nan = std::nan("");
+  const int64_t xs = Hi + s.x_pad, ys = Ho + s.y_pad;
+  const size_t x_len = T_ ? static_cast<size_t>(s.x_off + (T_ - 1) * xs + Hi) : 0;
+  const size_t y_len = T_ ? static_cast<size_t>(s.y_off + (T_ - 1) * ys + Ho) : 0;
+  Buf<T> x(x_len), a(N * R * Hi), b(N * Ho * R), bias(N * Ho), y(y_len);
+  std::vector<double> xd(x_len), ad(a.n), bd(b.n), biasd(bias.n), yd(y_len);
+  auto fill = [&](Buf<T>& buf, std::vector<double>& d, double scale) {
+    for (size_t i = 0; i < buf.n; ++i) {
+      buf.p[i] = Ty::from(normal(gen) * scale);
+      d[i] = Ty::to(buf.p[i]);
+    }
+  };
+  fill(x, xd, 1.0);
+  fill(a, ad, 1.0 / std::sqrt(static_cast<double>(std::max<int64_t>(Hi, 1))));
+  fill(b, bd, 1.0);
+  fill(bias, biasd, 1.0);
+  fill(y, yd, 1.0);
+  for (int64_t s_ = 0; s_ < N; ++s_) {  // NaN in the padding past each slot's rank: never read
+    const int64_t r = eff_rank(ranks, s.ranks, s_, N, R);
+    for (int64_t j = r; j < R; ++j) {
+      for (int64_t k = 0; k < Hi; ++k) a.p[(s_ * R + j) * Hi + k] = Ty::from(nan);
+      for (int64_t o = 0; o < Ho; ++o) b.p[(s_ * Ho + o) * R + j] = Ty::from(nan);
+    }
+  }
+  Buf<Acc> scaling(N);
+  std::vector<double> scd(N);
+  for (int64_t i = 0; i < N; ++i) scd[i] = scaling.p[i] = static_cast<Acc>(static_cast<float>(0.1 + std::abs(normal(gen))));
+
+  const Ints idx(indices, s.idx64), ptr(indptr, s.idx64), sad(seg_adapter, s.idx64), rk(ranks, false);
+  TokenMap map;
+  map.num_tokens = T_;
+  if (segments) {
+    map.seg_indptr = ptr.vec(), map.seg_adapter = sad.vec(), map.num_segments = S;
+  } else {
+    map.indices = idx.vec();
+  }
+  const IndexVec rvec = s.ranks ? rk.vec() : IndexVec{};
+
+  // Reference v and update.
+  std::vector<double> v_ref(T_ * R, 0.0), d_ref(T_ * Ho, 0.0);
+  std::vector<int64_t> r_of(T_);
+  for (int64_t t = 0; t < T_; ++t) {
+    const int64_t slot = slot_of[t], r = eff_rank(ranks, s.ranks, slot, N, R);
+    r_of[t] = r;
+    for (int64_t j = 0; j < r; ++j) {
+      double acc = 0;
+      for (int64_t k = 0; k < Hi; ++k) acc += xd[s.x_off + t * xs + k] * ad[(slot * R + j) * Hi + k];
+      v_ref[t * R + j] = acc;
+    }
+    if (r == 0) continue;
+    for (int64_t o = 0; o < Ho; ++o) {
+      double acc = s.bias ? biasd[slot * Ho + o] : 0.0;
+      for (int64_t j = 0; j < r; ++j) acc += v_ref[t * R + j] * bd[(slot * Ho + o) * R + j];
+      d_ref[t * Ho + o] = scd[slot] * acc;
+    }
+  }
+
+  // Shrink.
+  Buf<Acc> v(T_ * R);
+  for (size_t i = 0; i < v.n; ++i) v.p[i] = static_cast<Acc>(nan);  // every entry must be written
+  ShrinkParams sp;
+  sp.x = x.p + s.x_off, sp.x_stride = xs, sp.lora_a = a.p, sp.v = v.p, sp.v_stride = R, sp.ranks = rvec;
+  sp.num_slots = N, sp.max_rank = R, sp.h_in = Hi, sp.dtype = Ty::kDType, sp.map = map;
+  constexpr int kVec = 16 / sizeof(T);
+  *vectorized = Hi % kVec == 0 && xs % kVec == 0 && s.x_off % kVec == 0;
+  res.check(cuda::launch_shrink(sp, nullptr) == cudaSuccess, "launch_shrink reported an error");
+  if (!res.ok) return res;
+  double err2 = 0, ref2 = 0;
+  for (int64_t t = 0; t < T_; ++t)
+    for (int64_t j = 0; j < R; ++j) {
+      const double got = v.p[t * R + j], want = v_ref[t * R + j];
+      if (j >= r_of[t]) {
+        res.check(got == 0.0, "v[" + std::to_string(t) + ", " + std::to_string(j) + "] = " + fmt("%g", got) +
+                                  ", expected exactly 0 (past the rank, or no adapter)");
+      } else {
+        res.check(std::isfinite(got), "v[" + std::to_string(t) + ", " + std::to_string(j) + "] = " + fmt("%g", got));
+      }
+      err2 += (got - want) * (got - want), ref2 += want * want;
+    }
+  const double v_err = ref2 > 0 ? std::sqrt(err2 / ref2) : std::sqrt(err2);
+  res.check(v_err < Ty::kTol, "shrink: relative error of v " + fmt("%.3g", v_err) + " >= " + fmt("%g", Ty::kTol));
+  if (!res.ok) return res;
+
+  // Expand from the kernel's own v.
+  ExpandParams ep;
+  ep.y = y.p + s.y_off, ep.y_stride = ys, ep.v = v.p, ep.v_stride = R, ep.lora_b = b.p, ep.scaling = scaling.p;
+  ep.lora_bias = s.bias ? bias.p : nullptr, ep.ranks = rvec, ep.num_slots = N, ep.max_rank = R, ep.h_out = Ho;
+  ep.dtype = Ty::kDType, ep.map = map;
+  std::vector<T> y_in(y.p, y.p + y.n);
+  res.check(cuda::launch_expand(ep, nullptr) == cudaSuccess, "launch_expand reported an error");
+  if (!res.ok) return res;
+  err2 = ref2 = 0;
+  double yref2 = 0;
+  std::vector<bool> in_view(y.n, false);
+  for (int64_t t = 0; t < T_; ++t)
+    for (int64_t o = 0; o < Ho; ++o) {
+      const size_t i = s.y_off + t * ys + o;
+      in_view[i] = true;
+      const double got = Ty::to(y.p[i]), before = yd[i], want = d_ref[t * Ho + o];
+      if (r_of[t] == 0) {
+        res.check(std::memcmp(&y.p[i], &y_in[i], sizeof(T)) == 0,
+                  "y[" + std::to_string(t) + "] changed although the token has no adapter or rank 0");
+      }
+      res.check(std::isfinite(got), "y[" + std::to_string(t) + ", " + std::to_string(o) + "] = " + fmt("%g", got));
+      const double d = got - before;
+      err2 += (d - want) * (d - want), ref2 += want * want, yref2 += (before + want) * (before + want);
+    }
+  for (size_t i = 0; i < y.n; ++i)
+    if (!in_view[i]) res.check(std::memcmp(&y.p[i], &y_in[i], sizeof(T)) == 0, "y changed outside the [T, H_out] view");
+  const double y_err = update_error(err2, ref2, yref2, Ty::kEps);
+  res.check(y_err < Ty::kTol, "expand: relative update error " + fmt("%.3g", y_err) + " >= " + fmt("%g", Ty::kTol));
+  res.why = res.ok ? "v err " + fmt("%.2g", v_err) + ", y err " + fmt("%.2g", y_err) : res.why;
+  return res;
+}
+
+// Embedding shrink + expand: y[t] += s[a] * B[a] @ A[a][:, token_ids[t]].
+template <typename T>
+Result run_embedding(const Spec& s, uint32_t seed) {
+  using Acc = typename Type<T>::Acc;
+  using Ty = Type<T>;
+  Result res;
+  const int64_t T_ = s.T, vocab = s.H_in, dim = s.H_out, N = s.N, R = s.R;
+  std::mt19937_64 gen(seed);
+  std::normal_distribution<double> normal;
+  auto uniform = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(gen); };
+  std::vector<int64_t> ranks(N), indices(T_), tokens(T_);
+  for (int64_t a = 0; a < N; ++a) ranks[a] = a == 0 ? R : uniform(0, R);
+  for (auto& i : indices) i = uniform(-1, N - 1);
+  for (auto& t : tokens) t = uniform(0, vocab - 1);
+  if (s.out_of_range && T_ >= 6) indices[3] = 1000, tokens[1] = vocab + 3, tokens[2] = -1, ranks[1] = R + 5;
+  const double nan = std::nan("");
+  Buf<T> a(N * R * vocab), b(N * dim * R), y(T_ * dim);
+  std::vector<double> ad(a.n), bd(b.n), yd(y.n);
+  for (size_t i = 0; i < a.n; ++i) ad[i] = Ty::to(a.p[i] = Ty::from(normal(gen)));
+  for (size_t i = 0; i < b.n; ++i) bd[i] = Ty::to(b.p[i] = Ty::from(normal(gen)));
+  for (size_t i = 0; i < y.n; ++i) yd[i] = Ty::to(y.p[i] = Ty::from(normal(gen)));
+  for (int64_t sl = 0; sl < N; ++sl) {
+    const int64_t r = std::min(std::max<int64_t>(ranks[sl], 0), R);
+    for (int64_t j = r; j < R; ++j) {
+      for (int64_t k = 0; k < vocab; ++k) a.p[(sl * R + j) * vocab + k] = Ty::from(nan);
+      for (int64_t o = 0; o < dim; ++o) b.p[(sl * dim + o) * R + j] = Ty::from(nan);
+    }
+  }
+  Buf<Acc> scaling(N);
+  std::vector<double> scd(N);
+  for (int64_t i = 0; i < N; ++i) scd[i] = scaling.p[i] = static_cast<Acc>(static_cast<float>(0.1 + std::abs(normal(gen))));
+  const Ints idx(indices, false), tok(tokens, true), rk(ranks, false);
+  TokenMap map;
+  map.num_tokens = T_, map.indices = idx.vec();
+  Buf<Acc> v(T_ * R);
+  for (size_t i = 0; i < v.n; ++i) v.p[i] = static_cast<Acc>(nan);
+  EmbeddingShrinkParams sp;
+  sp.token_ids = tok.vec(), sp.lora_a = a.p, sp.v = v.p, sp.v_stride = R, sp.ranks = rk.vec();
+  sp.num_slots = N, sp.max_rank = R, sp.vocab = vocab, sp.dtype = Ty::kDType, sp.map = map;
+  res.check(cuda::launch_embedding_shrink(sp, nullptr) == cudaSuccess, "launch_embedding_shrink reported an error");
+  ExpandParams ep;
+  ep.y = y.p, ep.y_stride = dim, ep.v = v.p, ep.v_stride = R, ep.lora_b = b.p, ep.scaling = scaling.p;
+  ep.ranks = rk.vec(), ep.num_slots = N, ep.max_rank = R, ep.h_out = dim, ep.dtype = Ty::kDType, ep.map = map;
+  std::vector<T> y_in(y.p, y.p + y.n);
+  if (res.ok) res.check(cuda::launch_expand(ep, nullptr) == cudaSuccess, "launch_expand reported an error");
+  if (!res.ok) return res;
+  double err2 = 0, ref2 = 0, yref2 = 0;
+  for (int64_t t = 0; t < T_; ++t) {
+    const int64_t slot = indices[t], r = eff_rank(ranks, true, slot, N, R), tk = tokens[t];
+    for (int64_t j = 0; j < R; ++j) {
+      const double want = j < r && tk >= 0 && tk < vocab ? ad[(slot * R + j) * vocab + tk] : 0.0;
+      res.check(v.p[t * R + j] == want, "embedding v[" + std::to_string(t) + ", " + std::to_string(j) + "] = " +
+                                            fmt("%g", v.p[t * R + j]) + ", expected " + fmt("%g", want));
+    }
+    for (int64_t o = 0; o < dim; ++o) {
+      double want = 0;
+      if (r > 0) {
+        for (int64_t j = 0; j < r; ++j)
+          want += (tk >= 0 && tk < vocab ? ad[(slot * R + j) * vocab + tk] : 0.0) * bd[(slot * dim + o) * R + j];
+        want *= scd[slot];
+      }
+      const size_t i = t * dim + o;
+      if (r == 0) res.check(std::memcmp(&y.p[i], &y_in[i], sizeof(T)) == 0, "y changed for a token without adapter");
+      const double d = Ty::to(y.p[i]) - yd[i];
+      err2 += (d - want) * (d - want), ref2 += want * want, yref2 += (yd[i] + want) * (yd[i] + want);
+    }
+  }
+  const double y_err = update_error(err2, ref2, yref2, Ty::kEps);
+  res.check(y_err < Ty::kTol, "embedding: relative update error " + fmt("%.3g", y_err) + " >= " + fmt("%g", Ty::kTol));
+  res.why = res.ok ? "y err " + fmt("%.2g", y_err) : res.why;
+  return res;
+}
+
+std::vector<Spec> linear_specs(bool quick) {
+  //                          name                          T     H_in  H_out N  R
+  std::vector<Spec> all = {
+      {"T=0", 0, 32, 16, 3, 4},
+      {"T=1", 1, 64, 48, 2, 8},
+      {"T=7 H=3", 7, 3, 3, 4, 2},
+      {"H=1", 9, 1, 1, 3, 4},
+      {"odd H=131", 37, 131, 131, 5, 7},
+      {"H=4097", 5, 4097, 4097, 2, 4},
+      {"aligned T=64", 64, 512, 256, 8, 16},
+      {"T=300 several groups", 300, 96, 72, 6, 8},
+      {"T=300 one adapter", 300, 64, 40, 1, 4},
+      {"rank 72 (two rank chunks)", 12, 64, 96, 2, 72},
+      {"strided unaligned int64", 33, 72, 40, 4, 8},
+      {"strided aligned", 20, 128, 64, 3, 8},
+      {"no bias no ranks", 24, 80, 48, 3, 8},
+      {"sorted, many segments", 64, 48, 24, 5, 4},
+      {"out-of-range slots and ranks", 40, 67, 33, 4, 6},
+      {"decode-64 (a GPU test shape)", 64, 4096, 4096, 64, 16},
+  };
+  all[6].idx64 = true;
+  all[8].one_slot = true;
+  all[10].x_pad = 3, all[10].x_off = 1, all[10].y_pad = 5, all[10].y_off = 2, all[10].idx64 = true;
+  all[11].x_pad = 16, all[11].y_pad = 8;
+  all[12].bias = false, all[12].ranks = false;
+  all[13].sorted = true, all[13].S = 12;
+  all[14].out_of_range = true;
+  all[15].bf16_only = true;
+  if (!quick) return all;
+  return {all[14], all[4]};  // for the planted bugs: what catches each one first
+}
+
+}  // namespace
+
+void executor_checks(int& passed, int& failed);  // test_executor.cpp
+
+int main(int argc, char** argv) {
+  bool quick = false, stop = false;
+  std::string only;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--quick") quick = true;
+    else if (arg == "--stop-on-fail") stop = true;
+    else if (arg == "--only" && i + 1 < argc) only = argv[++i];
+    else {
+      std::fprintf(stderr, "usage: %s [--quick] [--stop-on-fail] [--only SUBSTRING]\n", argv[0]);
+      return 2;
+    }
+  }
+  std::printf("lk_simt: seed %llu (LK_SIMT_SEED=%llu repeats this run)\n", (unsigned long long)lk_simt::seed(),
+              (unsigned long long)lk_simt::seed());
+  int passed = 0, failed = 0;
+  uint32_t seed = 0;
+  auto report = [&](const std::string& name, const Result& r, double secs) {
+    (r.ok ? passed : failed) += 1;
+    std::printf("%s %s (%.2fs): %s\n", r.ok ? "ok  " : "FAIL", name.c_str(), secs, r.why.c_str());
+    std::fflush(stdout);
+    return !(stop && !r.ok);
+  };
+  auto timed = [](auto&& fn) {
+    const auto t0 = std::chrono::steady_clock::now();
+    Result r = fn();
+    return std::make_pair(r, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  };
+  if (!quick && only.empty()) executor_checks(passed, failed);
+  bool go = true;
+  auto each_dtype = [&](auto&& run_one) {
+    run_one(__half{});
+    run_one(__nv_bfloat16{});
+    run_one(float{});
+    run_one(double{});
+  };
+  for (const Spec& s : linear_specs(quick)) {
+    for (bool segments : {false, true}) {
+      each_dtype([&](auto elem) {
+        using T = decltype(elem);
+        if (!go || (quick && !std::is_same_v<T, float>)) return;
+        if (s.bf16_only && !std::is_same_v<T, __nv_bfloat16>) return;
+        const std::string name = std::string(segments ? "sgmv " : "bgmv ") + Type<T>::kName + " " + s.name;
+        ++seed;
+        if (!only.empty() && name.find(only) == std::string::npos) return;
+        bool vec = false;
+        auto [r, secs] = timed([&] { return run_linear<T>(s, segments, seed, &vec); });
+        go = report(name + (vec ? " [vector]" : " [scalar]"), r, secs);
+      });
+    }
+  }
+  const Spec emb[] = {{"embedding", 23, 57, 41, 4, 8}, {"embedding out-of-range ids", 16, 30, 20, 3, 4}};
+  for (const Spec& s : emb) {
+    if (quick) break;
+    Spec e = s;
+    e.out_of_range = s.name.find("range") != std::string::npos;
+    each_dtype([&](auto elem) {
+      using T = decltype(elem);
+      const std::string name = std::string("embedding ") + Type<T>::kName + " " + s.name;
+      ++seed;
+      if (!go || (!only.empty() && name.find(only) == std::string::npos)) return;
+      auto [r, secs] = timed([&] { return run_embedding<T>(e, seed); });
+      go = report(name, r, secs);
+    });
+  }
+  std::printf("%d passed, %d failed\n", passed, failed);
+  return failed == 0 ? 0 : 1;
+}

@@ -1,0 +1,132 @@
+"""add_lora_slices on CPU against the float64 reference (DESIGN §6), opcheck and torch.compile."""
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import lora_kernels as lk
+from slice_cases import check_add_lora_slices, make_slice_case
+
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+
+SHAPES = {  # T, H_in, widths (H_out_i), N, max ranks (R_i)
+    "qkv-gqa": (21, 64, (64, 16, 16), 6, (8, 4, 6)),
+    "gate-up": (37, 48, (96, 96), 5, (16, 16)),
+    "odd": (13, 97, (1, 3, 131), 4, (7, 1, 5)),
+    "one-slice": (9, 33, (17,), 3, (4,)),
+    "T=0": (0, 32, (16, 8), 3, (4, 2)),
+    "H=4097": (5, 4097, (4097, 3), 2, (4, 2)),
+    "slice-R=0": (11, 24, (10, 6, 8), 3, (4, 0, 3)),  # a slice without any rank rows
+    "packed-shrink": (300, 70, (40, 24, 24), 3, (20, 12, 8)),  # >= 4 items of >= 16 tokens
+    "long-groups": (150, 24, (20, 12), 2, (5, 3)),  # groups split into several work items
+}
+
+
+@pytest.mark.parametrize("segments", [False, True], ids=["bgmv", "sgmv"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+def test_add_lora_slices_matches_reference(shape, dtype, segments):
+    T, H_in, widths, N, max_ranks = shape
+    check_add_lora_slices("cpu", dtype, segments, T=T, H_in=H_in, widths=widths, N=N, max_ranks=max_ranks,
+                          seed=sum(widths) + T)
+
+
+@pytest.mark.parametrize("segments", [False, True], ids=["bgmv", "sgmv"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_strided_views_int64_indices(dtype, segments):
+    check_add_lora_slices("cpu", dtype, segments, T=19, H_in=40, widths=(32, 8, 8), N=4, max_ranks=(8, 4, 4),
+                          strided=True, index_dtype=torch.int64, seed=4)
+
+
+@pytest.mark.parametrize("segments", [False, True], ids=["bgmv", "sgmv"])
+def test_no_ranks_no_bias(segments):
+    check_add_lora_slices("cpu", torch.float32, segments, T=17, H_in=20, widths=(12, 7), N=3, max_ranks=(4, 6),
+                          mixed_ranks=False, bias=False, seed=8)
+
+
+def test_empty_segments():
+    check_add_lora_slices("cpu", torch.float32, True, T=12, H_in=16, widths=(8, 4, 4), N=3, max_ranks=(4, 2, 3),
+                          num_segments=9, seed=5)
+    check_add_lora_slices("cpu", torch.float32, True, T=0, H_in=8, widths=(8, 4), N=2, max_ranks=(4, 2),
+                          num_segments=0)
+
+
+def test_every_token_without_adapter_leaves_y_untouched():
+    case = make_slice_case(T=10, H_in=8, widths=(8, 4), N=0, max_ranks=(4, 2), mixed_ranks=False, bias=False)
+    y_in = case.y.clone()
+    lk.add_lora_slices(case.y, case.x, case.lora_a, case.lora_b, case.scaling, case.indices)
+    assert torch.equal(case.y, y_in)
+
+
+def test_unsorted_indices_same_as_sorted():
+    case = make_slice_case(T=40, H_in=24, widths=(24, 8, 8), N=4, max_ranks=(4, 2, 3), bias=False)
+    perm = torch.randperm(40)
+    y1, y2 = case.y.clone(), case.y.clone()[perm]
+    args = (case.lora_a, case.lora_b, case.scaling)
+    lk.add_lora_slices(y1, case.x, *args, case.indices, ranks=case.ranks)
+    lk.add_lora_slices(y2, case.x[perm], *args, case.indices[perm], ranks=case.ranks)
+    torch.testing.assert_close(y1[perm], y2, rtol=1e-6, atol=1e-6)
+
+
+def test_slices_differ_in_scale_and_rank():
+    """Each slice uses its own scale and rank: q (R 2 used at rank 1, scale 0.5), k (r 1, scale 3)."""
+    x = torch.tensor([[1.0, 2.0]], dtype=torch.float64)
+    a_q = torch.tensor([[[1.0, 0.0], [float("nan"), float("nan")]]], dtype=torch.float64)  # [1, 2, 2]
+    b_q = torch.tensor([[[1.0, float("nan")]]], dtype=torch.float64)  # [1, 1, 2]
+    a_k = torch.tensor([[[1.0, 1.0]]], dtype=torch.float64)  # [1, 1, 2]
+    b_k = torch.tensor([[[2.0], [-1.0]]], dtype=torch.float64)  # [1, 2, 1]
+    y = torch.zeros(1, 3, dtype=torch.float64)
+    ranks = [torch.tensor([1]), torch.tensor([1])]
+    lk.add_lora_slices(y, x, (a_q, a_k), (b_q, b_k), (torch.tensor([0.5]), torch.tensor([3.0])), torch.tensor([0]),
+                       ranks=ranks)  # tuples work as lists
+    assert y.tolist() == [[0.5 * 1.0, 3.0 * 3.0 * 2.0, 3.0 * 3.0 * -1.0]]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    T=st.integers(0, 40), H_in=st.integers(1, 70), widths=st.lists(st.integers(1, 50), min_size=1, max_size=4),
+    N=st.integers(1, 6), R=st.integers(0, 12), segments=st.booleans(), dtype=st.sampled_from(DTYPES),
+    seed=st.integers(0, 10_000), strided=st.booleans(),
+)
+def test_random_cases(T, H_in, widths, N, R, segments, dtype, seed, strided):
+    max_ranks = tuple((R + 3 * i) % 13 for i in range(len(widths)))
+    check_add_lora_slices("cpu", dtype, segments, T=T, H_in=H_in, widths=tuple(widths), N=N, max_ranks=max_ranks,
+                          seed=seed, strided=strided)
+
+
+# --- torch.library integration -------------------------------------------------------------
+
+def test_opcheck_indices():
+    case = make_slice_case(T=9, H_in=12, widths=(10, 4, 4), N=3, max_ranks=(4, 2, 3))
+    torch.library.opcheck(
+        torch.ops.lora_kernels.add_lora_slices,
+        (case.y.clone(), case.x, case.lora_a, case.lora_b, case.scaling, case.indices),
+        dict(ranks=case.ranks, lora_bias=case.lora_bias),
+    )
+
+
+def test_opcheck_segments():
+    case = make_slice_case(T=9, H_in=12, widths=(6, 6), N=3, max_ranks=(4, 4), mixed_ranks=False)
+    torch.library.opcheck(
+        torch.ops.lora_kernels.add_lora_slices,
+        (case.y.clone(), case.x, case.lora_a, case.lora_b, case.scaling),
+        dict(seg_indptr=case.seg_indptr, seg_adapter=case.seg_adapter, lora_bias=case.lora_bias),
+    )
+
+
+def test_torch_compile_fullgraph():
+    case = make_slice_case(T=14, H_in=16, widths=(16, 4, 4), N=3, max_ranks=(4, 2, 2))
+
+    def layer(x, w, indices):
+        qkv = x @ w  # the fused base projection, then its LoRA slices
+        lk.add_lora_slices(qkv, x, case.lora_a, case.lora_b, case.scaling, indices, ranks=case.ranks,
+                           lora_bias=case.lora_bias)
+        lk.add_lora_slices(qkv, x, case.lora_a, case.lora_b, case.scaling, seg_indptr=case.seg_indptr,
+                           seg_adapter=case.seg_adapter, ranks=case.ranks)
+        return qkv * 2
+
+    w = torch.randn(16, 24)
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    expected = layer(case.x, w, case.indices)
+    torch.testing.assert_close(compiled(case.x, w, case.indices), expected)
