@@ -1,14 +1,14 @@
-"""Builds lora_kernels._C.
+"""Builds lora_kernels._C from the parts csrc/build.json lists (CMakeLists.txt reads it too).
 
 CUDA build when nvcc and a CUDA build of torch are both present, else CPU only. Environment:
   LORA_KERNELS_CPU_ONLY=1   build the CPU ops only, even where CUDA is available.
   LORA_KERNELS_CUDA=1       require the CUDA build: fail instead of falling back to CPU only.
-  TORCH_CUDA_ARCH_LIST      GPU archs (default "8.0;9.0+PTX": sm_80 through sm_90, PTX for the newest).
+  TORCH_CUDA_ARCH_LIST      GPU archs (default: cuda_archs in csrc/build.json, "8.0;9.0+PTX":
+                            sm_80 through sm_90, PTX for the newest).
   CUDA_HOME                 toolkit root; found from `nvcc --dryrun` when unset (the nvcc on
                             PATH may be a wrapper outside the toolkit).
 """
 
-import glob
 import json
 import os
 import re
@@ -19,7 +19,6 @@ import sys
 from setuptools import setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_ARCHS = "8.0;9.0+PTX"
 
 
 def find_cuda_home():
@@ -65,27 +64,51 @@ if cuda_asked and not with_cuda:
 if not with_cuda:
     print(f"lora_kernels: building the CPU ops only, because {why_not}.", file=sys.stderr)
 
-archs = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCHS) if with_cuda else ""
+
+def read_build_definition():
+    """csrc/build.json: the sources per part, the C++ standard and the flags; CMakeLists.txt
+    reads the same file, so both builds compile the same files the same way."""
+    with open(os.path.join(HERE, "csrc", "build.json")) as f:
+        return json.load(f)
+
+
+BUILD = read_build_definition()
+if with_cuda:
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", BUILD["cuda_archs"])
+archs = os.environ["TORCH_CUDA_ARCH_LIST"] if with_cuda else ""
 cuda_version = torch.version.cuda if with_cuda else ""
 
-sources = ["csrc/torch/module.cpp", "csrc/torch/prepare.cpp", "csrc/torch/ops.cpp", "csrc/cpu/lora_cpu.cpp"]
+parts = ["torch", "cpu"] + (["torch_cuda", "cuda_kernels"] if with_cuda else [])
+sources = [src for part in parts for src in BUILD["sources"][part]]
 macros = [
     ("LK_TORCH_VERSION", f'"{torch.__version__}"'),
     ("LK_CUDA_VERSION", f'"{cuda_version}"'),
     ("LK_CUDA_ARCHS", f'"{archs}"'),
 ]
-# -fopenmp: at::parallel_for is inline code that runs serially in a TU built without OpenMP.
-cxx_flags = ["-O3", "-std=c++20", "-fvisibility=hidden", "-fopenmp"]
-extra = {"cxx": cxx_flags}
+std = f"-std=c++{BUILD['cxx_standard']}"
+# -fopenmp (in cxx_flags): at::parallel_for is inline code that runs serially in a TU built
+# without OpenMP.
+extra = {"cxx": [std] + BUILD["cxx_flags"] + BUILD["warning_flags"]}
 if with_cuda:
-    sources += ["csrc/torch/ops_cuda.cpp"] + sorted(glob.glob("csrc/kernels/*.cu"))
     macros.append(("LK_WITH_CUDA", None))
-    # The .cu files include no torch header, so C++17 and no torch flags are all they need.
-    extra["nvcc"] = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+    # The .cu files include no torch header (they do not get its include paths, below); the
+    # warning flags reach the host compiler.
+    extra["nvcc"] = [std] + BUILD["cuda_flags"] + ["-Xcompiler=" + ",".join(BUILD["warning_flags"])]
     Extension = CUDAExtension
 else:
     Extension = CppExtension
 
+
+def as_system_includes(ext):
+    """Moves the include paths torch's extension classes add (torch's headers, and CUDA's for a
+    CUDA build) from -I to -isystem for the C++ compiler, so that -Wall -Wextra report warnings
+    in our code only, not in those headers. nvcc gets none of them: the .cu files are torch-free
+    and nvcc finds its own headers."""
+    ours = [os.path.join(HERE, d) for d in BUILD["include_dirs"]]
+    theirs = [d for d in ext.include_dirs if d not in ours]
+    ext.include_dirs = ours
+    ext.extra_compile_args["cxx"] += [f for d in theirs for f in ("-isystem", d)]
+    return ext
 
 
 def torch_requirement(version: str) -> str:
@@ -128,14 +151,14 @@ class BuildWithFacts(BuildExtension):
 
 setup(
     ext_modules=[
-        Extension(
+        as_system_includes(Extension(
             "lora_kernels._C",
             sources,
-            include_dirs=[os.path.join(HERE, "csrc/include")],
+            include_dirs=[os.path.join(HERE, d) for d in BUILD["include_dirs"]],
             define_macros=macros,
             extra_compile_args=extra,
-            extra_link_args=["-fopenmp"],
-        )
+            extra_link_args=BUILD["link_flags"],
+        ))
     ],
     install_requires=INSTALL_REQUIRES,
     cmdclass={"build_ext": BuildWithFacts},

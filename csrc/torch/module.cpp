@@ -17,7 +17,9 @@
 #define LK_CUDA_FLAG Py_False
 #endif
 
-static struct PyModuleDef lk_module = {PyModuleDef_HEAD_INIT, "_C", "lora_kernels compiled ops", -1, nullptr};
+// Every field spelled (m_methods, m_slots, m_traverse, m_clear, m_free): -Wextra warns otherwise.
+static struct PyModuleDef lk_module = {
+    PyModuleDef_HEAD_INIT, "_C", "lora_kernels compiled ops", -1, nullptr, nullptr, nullptr, nullptr, nullptr};
 
 PyMODINIT_FUNC PyInit__C(void) {
   PyObject* m = PyModule_Create(&lk_module);

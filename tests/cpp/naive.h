@@ -18,7 +18,8 @@ inline Problem random_problem(int64_t T, int64_t H_in, int64_t H_out, int64_t N,
   std::mt19937 gen(seed);
   std::normal_distribution<double> normal;
   std::uniform_int_distribution<int> slot(-1, static_cast<int>(N) - 1), rank(0, static_cast<int>(R));
-  Problem p{T, H_in, H_out, N, R};
+  Problem p;
+  p.T = T, p.H_in = H_in, p.H_out = H_out, p.N = N, p.R = R;
   auto fill = [&](std::vector<double>& v, size_t n) {
     v.resize(n);
     for (auto& e : v) e = normal(gen);
