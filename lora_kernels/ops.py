@@ -181,7 +181,8 @@ def add_lora_slices(
     :func:`add_lora` on each column slice ``y[:, o_i : o_i + H_out_i]``. Every argument of every
     slice is checked before anything is written. On CPU the grouping of tokens by slot is built
     once for every slice and both phases, and each phase is one parallel loop over slices x work
-    items. On CUDA this build still launches the :func:`add_lora` kernels once per slice.
+    items. On CUDA each phase is one launch for up to 8 slices (more slices: one launch per 8),
+    bit-equal to :func:`add_lora` on each slice.
 
     Args:
         y: [T, H_out_0 + ... + H_out_{n-1}] output accumulated into (row-strided views allowed).

@@ -25,4 +25,35 @@ inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 
 
 inline unsigned ceil_div(int64_t a, int64_t b) { return static_cast<unsigned>((a + b - 1) / b); }
 
+constexpr int64_t kMaxGridY = 65535;
+
+// Runs `launch(batch, blocks)` for consecutive chunks of the n slices: at most Batch's slice
+// capacity each, and (unless one slice alone needs more) at most kMaxGridY folded block columns.
+// blocks_of(slice) is the slice's block columns, vectorized_of(slice) its vector-path choice.
+template <typename Batch, typename Params, typename BlocksOf, typename VecOf, typename Launch>
+cudaError_t for_each_slice_batch(const Params* slices, int64_t n, int capacity, BlocksOf&& blocks_of,
+                                 VecOf&& vectorized_of, Launch&& launch) {
+  for (int64_t first = 0; first < n;) {
+    Batch batch{};
+    int64_t blocks = 0;
+    int count = 0;
+    batch.first_block[0] = 0;
+    while (first + count < n && count < capacity) {
+      const Params& s = slices[first + count];
+      const int64_t nb = blocks_of(s);
+      if (count > 0 && blocks + nb > kMaxGridY) break;
+      batch.slice[count] = s;
+      batch.vectorized[count] = vectorized_of(s);
+      blocks += nb;
+      batch.first_block[++count] = static_cast<int32_t>(blocks);
+    }
+    batch.num_slices = count;
+    first += count;
+    if (blocks == 0) continue;
+    const cudaError_t err = launch(batch, blocks);
+    if (err != cudaSuccess) return err;
+  }
+  return cudaSuccess;
+}
+
 }  // namespace lora_kernels::cuda::detail

@@ -24,4 +24,26 @@ cudaError_t launch_expand(const ExpandParams& p, cudaStream_t stream) {
   });
 }
 
+cudaError_t launch_expand_slices(const ExpandParams* slices, int64_t n, cudaStream_t stream) {
+  if (n <= 0 || slices[0].map.num_tokens == 0) return cudaSuccess;
+  return detail::dispatch_dtype(slices[0].dtype, [&](auto elem) {
+    using T = decltype(elem);
+    constexpr int kVec = 16 / sizeof(T);
+    using Batch = detail::SliceBatch<ExpandParams>;
+    return detail::for_each_slice_batch<Batch>(
+        slices, n, detail::kMaxSlicesPerLaunch,
+        [](const ExpandParams& p) -> int64_t {
+          return p.max_rank == 0 || p.h_out == 0 ? 0 : detail::ceil_div(p.h_out, detail::kThreads);
+        },
+        [](const ExpandParams& p) {  // as launch_expand decides for this slice alone
+          return p.max_rank % kVec == 0 && detail::aligned16(p.lora_b);
+        },
+        [&](const Batch& batch, int64_t blocks) {
+          const dim3 grid(static_cast<unsigned>(slices[0].map.num_tokens), static_cast<unsigned>(blocks));
+          LK_LAUNCH(grid, detail::kThreads, 0, stream, detail::expand_slices_kernel<T, kVec, kMaxTokens>)(batch);
+          return cudaGetLastError();
+        });
+  });
+}
+
 }  // namespace lora_kernels::cuda

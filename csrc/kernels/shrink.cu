@@ -26,6 +26,27 @@ cudaError_t launch_shrink(const ShrinkParams& p, cudaStream_t stream) {
   });
 }
 
+cudaError_t launch_shrink_slices(const ShrinkParams* slices, int64_t n, cudaStream_t stream) {
+  if (n <= 0 || slices[0].map.num_tokens == 0) return cudaSuccess;
+  return detail::dispatch_dtype(slices[0].dtype, [&](auto elem) {
+    using T = decltype(elem);
+    constexpr int kVec = 16 / sizeof(T);
+    using Batch = detail::SliceBatch<ShrinkParams>;
+    return detail::for_each_slice_batch<Batch>(
+        slices, n, detail::kMaxSlicesPerLaunch,
+        [](const ShrinkParams& p) -> int64_t { return p.max_rank == 0 ? 0 : detail::ceil_div(p.max_rank, kRows); },
+        [](const ShrinkParams& p) {  // as launch_shrink decides for this slice alone
+          return p.h_in % kVec == 0 && p.x_stride % kVec == 0 && detail::aligned16(p.x) &&
+                 detail::aligned16(p.lora_a);
+        },
+        [&](const Batch& batch, int64_t blocks) {
+          const dim3 grid(static_cast<unsigned>(slices[0].map.num_tokens), static_cast<unsigned>(blocks));
+          LK_LAUNCH(grid, detail::kThreads, 0, stream, detail::shrink_slices_kernel<T, kVec, kRows, kMaxTokens>)(batch);
+          return cudaGetLastError();
+        });
+  });
+}
+
 cudaError_t launch_embedding_shrink(const EmbeddingShrinkParams& p, cudaStream_t stream) {
   if (p.map.num_tokens == 0 || p.max_rank == 0) return cudaSuccess;
   const unsigned blocks = detail::ceil_div(p.map.num_tokens * p.max_rank, detail::kThreads);

@@ -29,14 +29,14 @@ struct CudaBackend {
   static void embedding_shrink(const EmbeddingShrinkParams& p, const Plan&) {
     C10_CUDA_CHECK(cuda::launch_embedding_shrink(p, current_stream()));
   }
-  // FIRST CUT, NOT THE ONE-LAUNCH KERNEL: the existing shrink / expand launchers, called once per
-  // slice on y's column views (2 x n launches, each slice grouping its tokens anew). The fused
-  // kernels (one launch per phase for every slice) come with issue 9's CUDA work, once the CPU
-  // executor for the CUDA sources can verify them. Still no host sync: graph capturable.
+  // One launch per phase for every slice (up to 8 slices a launch; more go in chunks of 8): each
+  // block finds its slice from a folded grid dimension and runs the add_lora kernel body on that
+  // slice's params, so each slice is bit-equal to add_lora on its column view. No host sync.
   static void add_lora_slices(const std::vector<ShrinkParams>& sp, const std::vector<ExpandParams>& ep,
-                              const Plan& plan) {
-    for (const ShrinkParams& p : sp) shrink(p, plan);
-    for (const ExpandParams& p : ep) expand(p, plan);
+                              const Plan&) {
+    const cudaStream_t stream = current_stream();
+    C10_CUDA_CHECK(cuda::launch_shrink_slices(sp.data(), static_cast<int64_t>(sp.size()), stream));
+    C10_CUDA_CHECK(cuda::launch_expand_slices(ep.data(), static_cast<int64_t>(ep.size()), stream));
   }
 };
 

@@ -1,9 +1,11 @@
 """add_lora_slices on CUDA against the float64 reference and add_lora per column slice; CUDA
 graphs, streams, debug checks (DESIGN §6). Skipped without a CUDA device or build (conftest.py).
 
-This build's CUDA add_lora_slices calls the add_lora launchers once per slice on column views,
-so it is bit-for-bit add_lora on each slice, and EXACT says so; a one-launch kernel that sums in
-another order sets EXACT = False (then add_lora per slice is compared within the tolerance).
+This build's CUDA add_lora_slices is one shrink and one expand launch for up to 8 slices whose
+blocks run the add_lora kernels' own per-block code on each slice's params (the same vector path
+add_lora would take), so it is bit-for-bit add_lora on each slice, and EXACT says so (checked on
+the CPU executor by tests/simt; not yet on a GPU); a kernel that sums in another order sets
+EXACT = False (then add_lora per slice is compared within the tolerance).
 """
 
 import pytest

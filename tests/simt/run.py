@@ -67,6 +67,16 @@ BUGS = [
         "      vs[m][j] = j < cn ? v[g.rows[m] * p.v_stride + c0 + j] : Acc(0);\n    }\n    __syncthreads();\n",
         "      vs[m][j] = j < cn ? v[g.rows[m] * p.v_stride + c0 + j] : Acc(0);\n    }\n",
         ("wrong result",)),
+    Bug("add_lora_slices: a block on a slice's first column takes the slice before it",
+        "include/lora_kernels/kernels.cuh",
+        "while (i + 1 < p.num_slices && col >= p.first_block[i + 1]) ++i;",
+        "while (i + 1 < p.num_slices && col > p.first_block[i + 1]) ++i;",
+        ("wrong result", "AddressSanitizer")),
+    Bug("add_lora_slices: the expand takes the vector path for every slice, not each slice's own choice",
+        "include/lora_kernels/kernels.cuh",
+        "  if (VEC > 1 && p.vectorized[i])\n    expand_block",
+        "  if (VEC > 1)\n    expand_block",
+        ("misaligned load report",)),
 ]
 
 
@@ -77,6 +87,7 @@ def caught_by(output: str, returncode: int) -> tuple[str, str] | None:
         ("UBSan", r".*runtime error: .*"),
         ("deadlock report", r"lk_simt: deadlock.*(\n  .*)*"),
         ("protocol error report", r"lk_simt: protocol error.*(\n  .*)*"),
+        ("misaligned load report", r"lk_simt: misaligned 16-byte load.*"),
         ("wrong result", r"FAIL .*"),
     ]
     for name, pattern in checks:

@@ -53,6 +53,8 @@
 #define __device__
 #undef __forceinline__
 #define __forceinline__ inline
+#undef __grid_constant__
+#define __grid_constant__
 
 namespace lk_simt {
 

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstring>
 #include <chrono>
+#include <memory>
 #include <new>
 #include <random>
 #include <string>
@@ -350,6 +351,223 @@ Result run_embedding(const Spec& s, uint32_t seed) {
   return res;
 }
 
+// add_lora_slices: n slices side by side in y's columns, each its own A / B stacks, ranks,
+// scaling and bias, one shared token map. launch_shrink_slices / launch_expand_slices against the
+// float64 reference, and bit for bit against launch_shrink / launch_expand on each slice alone.
+struct SliceSpec {
+  std::string name;
+  int64_t T, H_in, N;
+  std::vector<int64_t> H_out, R;  // per slice
+  bool bias = true, ranks = true, idx64 = false, out_of_range = false;
+  int64_t x_pad = 0, x_off = 0, y_pad = 0, y_off = 0;
+  int misaligned = -1;  // this slice's lora_a and lora_b start one element past a 16-byte boundary
+};
+
+template <typename T>
+Result run_slices(const SliceSpec& s, bool segments, uint32_t seed) {
+  using Acc = typename Type<T>::Acc;
+  using Ty = Type<T>;
+  Result res;
+  const int64_t T_ = s.T, Hi = s.H_in, N = s.N, n = static_cast<int64_t>(s.H_out.size());
+  std::mt19937_64 gen(seed);
+  std::normal_distribution<double> normal;
+  auto uniform = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(gen); };
+  const double nan = std::nan("");
+
+  // Token map: unsorted indices with -1, or segments with an empty one.
+  std::vector<int64_t> indices(T_);
+  for (auto& i : indices) i = uniform(-1, N - 1);
+  if (s.out_of_range && T_ >= 6) indices[3] = 1000, indices[5] = -7;
+  const int64_t S = std::max<int64_t>(1, std::min<int64_t>(T_, 5));
+  std::vector<int64_t> indptr{0}, seg_adapter(S);
+  {
+    std::vector<int64_t> cuts(S - 1);
+    for (auto& c : cuts) c = uniform(0, T_);
+    std::sort(cuts.begin(), cuts.end());
+    if (cuts.size() >= 2) cuts[1] = cuts[0];  // at least one empty segment
+    for (auto c : cuts) indptr.push_back(c);
+    indptr.push_back(T_);
+    for (auto& a : seg_adapter) a = uniform(-1, N - 1);
+    if (s.out_of_range && S >= 2) seg_adapter[1] = 1000;
+  }
+  std::vector<int64_t> slot_of(indices);
+  if (segments)
+    for (int64_t seg = 0; seg < S; ++seg)
+      for (int64_t t = indptr[seg]; t < indptr[seg + 1]; ++t) slot_of[t] = seg_adapter[seg];
+  const Ints idx(indices, s.idx64), ptr(indptr, s.idx64), sad(seg_adapter, s.idx64);
+  TokenMap map;
+  map.num_tokens = T_;
+  if (segments) map.seg_indptr = ptr.vec(), map.seg_adapter = sad.vec(), map.num_segments = S;
+  else map.indices = idx.vec();
+
+  // x and y (y: every slice's columns side by side, row-strided).
+  int64_t Ho_total = 0;
+  for (int64_t h : s.H_out) Ho_total += h;
+  const int64_t xs = Hi + s.x_pad, ys = Ho_total + s.y_pad;
+  const size_t x_len = T_ ? static_cast<size_t>(s.x_off + (T_ - 1) * xs + Hi) : 0;
+  const size_t y_len = T_ ? static_cast<size_t>(s.y_off + (T_ - 1) * ys + Ho_total) : 0;
+  Buf<T> x(x_len), y(y_len);
+  std::vector<double> xd(x_len), yd(y_len);
+  for (size_t i = 0; i < x.n; ++i) xd[i] = Ty::to(x.p[i] = Ty::from(normal(gen)));
+  for (size_t i = 0; i < y.n; ++i) yd[i] = Ty::to(y.p[i] = Ty::from(normal(gen)));
+
+  // Per slice: weights (NaN past each slot's rank), ranks, scaling, bias, v, params.
+  struct Slice {
+    int64_t Ho, R, col;
+    std::vector<int64_t> ranks;
+    std::unique_ptr<Buf<T>> a, b, bias;
+    std::unique_ptr<Buf<Acc>> scaling, v, v_alone;
+    std::unique_ptr<Ints> rk;
+    std::vector<double> ad, bd, biasd, scd;
+    ShrinkParams sp;
+    ExpandParams ep;
+  };
+  std::vector<Slice> sl(n);
+  int64_t col = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    Slice& c = sl[i];
+    c.Ho = s.H_out[i], c.R = s.R[i], c.col = col;
+    col += c.Ho;
+    const int64_t R = c.R, Ho = c.Ho, a_off = i == s.misaligned ? 1 : 0;
+    c.ranks.resize(N);
+    for (int64_t a = 0; a < N; ++a) c.ranks[a] = a == 0 ? R : uniform(0, R);
+    if (N > 1) c.ranks[N - 1] = 0;
+    if (s.out_of_range && N >= 3) c.ranks[1] = R + 5, c.ranks[2] = -3;
+    c.a = std::make_unique<Buf<T>>(a_off + N * R * Hi);
+    c.b = std::make_unique<Buf<T>>(a_off + N * Ho * R);
+    c.bias = std::make_unique<Buf<T>>(N * Ho);
+    c.scaling = std::make_unique<Buf<Acc>>(N);
+    c.v = std::make_unique<Buf<Acc>>(T_ * R);
+    c.v_alone = std::make_unique<Buf<Acc>>(T_ * R);
+    c.rk = std::make_unique<Ints>(c.ranks, s.idx64);
+    T* a = c.a->p + a_off;
+    T* b = c.b->p + a_off;
+    c.ad.resize(N * R * Hi), c.bd.resize(N * Ho * R), c.biasd.resize(c.bias->n), c.scd.resize(N);
+    for (size_t k = 0; k < c.ad.size(); ++k) c.ad[k] = Ty::to(a[k] = Ty::from(normal(gen) / std::sqrt(double(Hi))));
+    for (size_t k = 0; k < c.bd.size(); ++k) c.bd[k] = Ty::to(b[k] = Ty::from(normal(gen)));
+    for (size_t k = 0; k < c.biasd.size(); ++k) c.biasd[k] = Ty::to(c.bias->p[k] = Ty::from(normal(gen)));
+    for (int64_t k = 0; k < N; ++k)
+      c.scd[k] = c.scaling->p[k] = static_cast<Acc>(static_cast<float>(0.1 + std::abs(normal(gen))));
+    for (int64_t slot = 0; slot < N; ++slot)
+      for (int64_t j = eff_rank(c.ranks, s.ranks, slot, N, R); j < R; ++j) {
+        for (int64_t k = 0; k < Hi; ++k) a[(slot * R + j) * Hi + k] = Ty::from(nan);
+        for (int64_t o = 0; o < Ho; ++o) b[(slot * Ho + o) * R + j] = Ty::from(nan);
+      }
+    for (size_t k = 0; k < c.v->n; ++k) c.v->p[k] = c.v_alone->p[k] = static_cast<Acc>(nan);
+    const IndexVec rvec = s.ranks ? c.rk->vec() : IndexVec{};
+    c.sp.x = x.p + s.x_off, c.sp.x_stride = xs, c.sp.lora_a = a, c.sp.v = c.v->p, c.sp.v_stride = R;
+    c.sp.ranks = rvec, c.sp.num_slots = N, c.sp.max_rank = R, c.sp.h_in = Hi, c.sp.dtype = Ty::kDType, c.sp.map = map;
+    c.ep.y = y.p + s.y_off + c.col, c.ep.y_stride = ys, c.ep.v = c.v->p, c.ep.v_stride = R, c.ep.lora_b = b;
+    c.ep.scaling = c.scaling->p, c.ep.lora_bias = s.bias ? c.bias->p : nullptr, c.ep.ranks = rvec;
+    c.ep.num_slots = N, c.ep.max_rank = R, c.ep.h_out = Ho, c.ep.dtype = Ty::kDType, c.ep.map = map;
+  }
+
+  // Shrink: all slices in one call, then each slice alone (bit-equal).
+  std::vector<ShrinkParams> sps;
+  for (auto& c : sl) sps.push_back(c.sp);
+  res.check(cuda::launch_shrink_slices(sps.data(), n, nullptr) == cudaSuccess, "launch_shrink_slices reported an error");
+  for (auto& c : sl) {
+    ShrinkParams alone = c.sp;
+    alone.v = c.v_alone->p;
+    if (res.ok) res.check(cuda::launch_shrink(alone, nullptr) == cudaSuccess, "launch_shrink reported an error");
+  }
+  if (!res.ok) return res;
+  double worst_v = 0, worst_y = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const Slice& c = sl[i];
+    const std::string tag = "slice " + std::to_string(i) + ": ";
+    double err2 = 0, ref2 = 0;
+    for (int64_t t = 0; t < T_; ++t) {
+      const int64_t slot = slot_of[t], r = eff_rank(c.ranks, s.ranks, slot, N, c.R);
+      for (int64_t j = 0; j < c.R; ++j) {
+        double want = 0;
+        for (int64_t k = 0; j < r && k < Hi; ++k) want += xd[s.x_off + t * xs + k] * c.ad[(slot * c.R + j) * Hi + k];
+        const double got = c.v->p[t * c.R + j];
+        if (j >= r) res.check(got == 0.0, tag + "v[" + std::to_string(t) + ", " + std::to_string(j) + "] = " +
+                                               fmt("%g", got) + ", expected exactly 0");
+        else res.check(std::isfinite(got), tag + "v[" + std::to_string(t) + ", " + std::to_string(j) + "] = " + fmt("%g", got));
+        err2 += (got - want) * (got - want), ref2 += want * want;
+      }
+    }
+    const double v_err = ref2 > 0 ? std::sqrt(err2 / ref2) : std::sqrt(err2);
+    worst_v = std::max(worst_v, v_err);
+    res.check(v_err < Ty::kTol, tag + "shrink: relative error of v " + fmt("%.3g", v_err) + " >= " + fmt("%g", Ty::kTol));
+    res.check(std::memcmp(c.v->p, c.v_alone->p, c.v->n * sizeof(Acc)) == 0,
+              tag + "v differs bitwise from launch_shrink on the slice alone");
+  }
+  if (!res.ok) return res;
+
+  // Expand: all slices in one call on y, each slice alone on a copy of y (bit-equal).
+  Buf<T> y_alone(y.n);
+  std::memcpy(y_alone.p, y.p, y.n * sizeof(T));
+  std::vector<T> y_in(y.p, y.p + y.n);
+  std::vector<ExpandParams> eps;
+  for (auto& c : sl) eps.push_back(c.ep);
+  res.check(cuda::launch_expand_slices(eps.data(), n, nullptr) == cudaSuccess, "launch_expand_slices reported an error");
+  for (auto& c : sl) {
+    ExpandParams alone = c.ep;
+    alone.y = y_alone.p + s.y_off + c.col;
+    if (res.ok) res.check(cuda::launch_expand(alone, nullptr) == cudaSuccess, "launch_expand reported an error");
+  }
+  if (!res.ok) return res;
+  std::vector<bool> in_view(y.n, false);
+  for (int64_t i = 0; i < n; ++i) {
+    const Slice& c = sl[i];
+    const std::string tag = "slice " + std::to_string(i) + ": ";
+    double err2 = 0, ref2 = 0, yref2 = 0;
+    for (int64_t t = 0; t < T_; ++t) {
+      const int64_t slot = slot_of[t], r = eff_rank(c.ranks, s.ranks, slot, N, c.R);
+      std::vector<double> vt(r, 0.0);
+      for (int64_t j = 0; j < r; ++j)
+        for (int64_t k = 0; k < Hi; ++k) vt[j] += xd[s.x_off + t * xs + k] * c.ad[(slot * c.R + j) * Hi + k];
+      for (int64_t o = 0; o < c.Ho; ++o) {
+        const size_t at = s.y_off + t * ys + c.col + o;
+        in_view[at] = true;
+        double want = 0;
+        if (r > 0) {
+          double acc = s.bias ? c.biasd[slot * c.Ho + o] : 0.0;
+          for (int64_t j = 0; j < r; ++j) acc += vt[j] * c.bd[(slot * c.Ho + o) * c.R + j];
+          want = c.scd[slot] * acc;
+        } else {
+          res.check(std::memcmp(&y.p[at], &y_in[at], sizeof(T)) == 0,
+                    tag + "y[" + std::to_string(t) + "] changed although the token has no adapter or rank 0");
+        }
+        const double got = Ty::to(y.p[at]), before = yd[at], d = got - before;
+        res.check(std::isfinite(got), tag + "y[" + std::to_string(t) + ", " + std::to_string(o) + "] = " + fmt("%g", got));
+        err2 += (d - want) * (d - want), ref2 += want * want, yref2 += (before + want) * (before + want);
+      }
+    }
+    const double y_err = update_error(err2, ref2, yref2, Ty::kEps);
+    worst_y = std::max(worst_y, y_err);
+    res.check(y_err < Ty::kTol, tag + "expand: relative update error " + fmt("%.3g", y_err) + " >= " + fmt("%g", Ty::kTol));
+  }
+  for (size_t i = 0; i < y.n; ++i)
+    if (!in_view[i]) res.check(std::memcmp(&y.p[i], &y_in[i], sizeof(T)) == 0, "y changed outside the slices' columns");
+  res.check(std::memcmp(y.p, y_alone.p, y.n * sizeof(T)) == 0, "y differs bitwise from launch_expand on each slice alone");
+  res.why = res.ok ? "v err " + fmt("%.2g", worst_v) + ", y err " + fmt("%.2g", worst_y) + ", bit-equal per slice"
+                   : res.why;
+  return res;
+}
+
+std::vector<SliceSpec> slice_specs(bool quick) {
+  std::vector<SliceSpec> all = {
+      //  name                                  T   H_in N  H_out per slice      R per slice
+      {"slices T=0", 0, 16, 2, {8, 4}, {4, 2}},
+      {"slices qkv GQA", 24, 64, 4, {64, 16, 16}, {8, 4, 6}},
+      {"slices gate_up odd H no bias no ranks", 13, 131, 3, {97, 97}, {5, 7}},
+      {"slices strided, mixed vector paths", 17, 72, 4, {40, 24, 8}, {8, 8, 4}},
+      {"slices out-of-range slots and ranks", 12, 40, 4, {20, 12}, {4, 6}},
+      {"slices rank 72 and H_out 300", 6, 40, 2, {300, 20}, {72, 3}},
+      {"slices 10 (two launches per phase)", 9, 32, 3, {8, 4, 8, 4, 8, 4, 8, 4, 8, 12}, {1, 2, 3, 4, 1, 2, 3, 4, 1, 2}},
+  };
+  all[2].bias = false, all[2].ranks = false;
+  all[3].x_pad = 3, all[3].x_off = 1, all[3].y_pad = 5, all[3].y_off = 2, all[3].idx64 = true;
+  all[3].misaligned = 1;
+  all[4].out_of_range = true;
+  if (quick) return {all[3], all[1]};  // for the planted bugs (fp32, indices only)
+  return all;
+}
+
 std::vector<Spec> linear_specs(bool quick) {
   //                          name                          T     H_in  H_out N  R
   std::vector<Spec> all = {
@@ -450,6 +668,19 @@ int main(int argc, char** argv) {
       auto [r, secs] = timed([&] { return run_embedding<T>(e, seed); });
       go = report(name, r, secs);
     });
+  }
+  for (const SliceSpec& s : slice_specs(quick)) {
+    for (bool segments : {false, true}) {
+      each_dtype([&](auto elem) {
+        using T = decltype(elem);
+        if (quick && (segments || !std::is_same_v<T, float>)) return;
+        const std::string name = std::string(segments ? "sgmv " : "bgmv ") + Type<T>::kName + " " + s.name;
+        ++seed;
+        if (!go || (!only.empty() && name.find(only) == std::string::npos)) return;
+        auto [r, secs] = timed([&] { return run_slices<T>(s, segments, seed); });
+        go = report(name, r, secs);
+      });
+    }
   }
   std::printf("%d passed, %d failed\n", passed, failed);
   return failed == 0 ? 0 : 1;

@@ -14,6 +14,10 @@
 
 #include <cstdint>
 #include <cstring>
+#if defined(LK_SIMT)
+#include <cstdio>
+#include <cstdlib>
+#endif
 
 #include "lora_kernels/params.h"
 
@@ -21,6 +25,7 @@ namespace lora_kernels::cuda::detail {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
+constexpr int kMaxSlicesPerLaunch = 8;  // slices per add_lora_slices launch; more go in chunks
 
 template <typename T>
 struct Elem;
@@ -57,6 +62,14 @@ struct Elem<double> {
 template <typename T, int VEC>
 __device__ __forceinline__ void load_vec(const T* p, typename Elem<T>::Acc (&out)[VEC]) {
   if constexpr (VEC * sizeof(T) == 16) {
+#if defined(LK_SIMT)
+    // On a GPU a misaligned 16-byte load faults; the CPU would just load it. Say so instead.
+    if ((reinterpret_cast<uintptr_t>(p) & 15u) != 0) {
+      std::fprintf(stderr, "lk_simt: misaligned 16-byte load at %p (a GPU faults: misaligned address)\n",
+                   static_cast<const void*>(p));
+      std::abort();
+    }
+#endif
     uint4 raw;
     memcpy(&raw, __builtin_assume_aligned(p, 16), 16);
     T e[VEC];
@@ -146,20 +159,29 @@ __device__ void find_group(const TokenMap& map, int64_t pos, TokenGroup<kMaxToke
   __syncthreads();
 }
 
-// grid (T, ceil(R / kRows)); block kThreads. Writes v[t, j0 : j0 + kRows] for the group's tokens.
+// Shared memory of one shrink block.
+template <typename Acc, int kRows, int kMaxTokens>
+struct ShrinkShared {
+  TokenGroup<kMaxTokens> g;
+  int64_t scratch[kWarps];
+  Acc partial[kWarps][kMaxTokens * kRows];
+};
+
+// The work of one shrink block (block-wide): writes v[t, j0 : j0 + kRows], j0 = row_block * kRows,
+// for the group led by token position `pos`. shrink_kernel and shrink_slices_kernel both run it.
 template <typename T, int VEC, int kRows, int kMaxTokens>
-__global__ void __launch_bounds__(kThreads) shrink_kernel(const ShrinkParams p) {
+__device__ __forceinline__ void shrink_block(const ShrinkParams& p, int64_t pos, int64_t row_block,
+                                             ShrinkShared<typename Elem<T>::Acc, kRows, kMaxTokens>& sh) {
   using Acc = typename Elem<T>::Acc;
-  __shared__ TokenGroup<kMaxTokens> g;
-  __shared__ int64_t scratch[kWarps];
-  __shared__ Acc partial[kWarps][kMaxTokens * kRows];
+  TokenGroup<kMaxTokens>& g = sh.g;
+  auto& partial = sh.partial;
   if (threadIdx.x == 0) g.count = 0;
-  find_group<kMaxTokens>(p.map, blockIdx.x, g, scratch);
+  find_group<kMaxTokens>(p.map, pos, g, sh.scratch);
   const int count = g.count;
   if (count == 0) return;
   const int tid = threadIdx.x;
   const int64_t r = effective_rank(p.ranks, g.slot, p.num_slots, p.max_rank);
-  const int64_t j0 = static_cast<int64_t>(blockIdx.y) * kRows;
+  const int64_t j0 = row_block * kRows;
   const int64_t rows_here = p.max_rank - j0 < kRows ? p.max_rank - j0 : kRows;
   const int64_t computed = r - j0 < 0 ? 0 : (r - j0 < rows_here ? r - j0 : rows_here);
   const int jn = static_cast<int>(computed);
@@ -220,23 +242,39 @@ __global__ void __launch_bounds__(kThreads) shrink_kernel(const ShrinkParams p) 
   }
 }
 
+// grid (T, ceil(R / kRows)); block kThreads. Writes v[t, j0 : j0 + kRows] for the group's tokens.
+template <typename T, int VEC, int kRows, int kMaxTokens>
+__global__ void __launch_bounds__(kThreads) shrink_kernel(const ShrinkParams p) {
+  __shared__ ShrinkShared<typename Elem<T>::Acc, kRows, kMaxTokens> sh;
+  shrink_block<T, VEC, kRows, kMaxTokens>(p, blockIdx.x, blockIdx.y, sh);
+}
+
 constexpr int kRankChunk = 64;  // v columns staged in shared memory per pass
 
-// grid (T, ceil(H_out / kThreads)); one output feature per thread.
+// Shared memory of one expand block.
+template <typename Acc, int kMaxTokens>
+struct ExpandShared {
+  TokenGroup<kMaxTokens> g;
+  int64_t scratch[kWarps];
+  Acc vs[kMaxTokens][kRankChunk];
+};
+
+// The work of one expand block (block-wide): output features col_block * kThreads + threadIdx.x of
+// the group led by token position `pos`. expand_kernel and expand_slices_kernel both run it.
 template <typename T, int VEC, int kMaxTokens>
-__global__ void __launch_bounds__(kThreads) expand_kernel(const ExpandParams p) {
+__device__ __forceinline__ void expand_block(const ExpandParams& p, int64_t pos, int64_t col_block,
+                                             ExpandShared<typename Elem<T>::Acc, kMaxTokens>& sh) {
   using Acc = typename Elem<T>::Acc;
-  __shared__ TokenGroup<kMaxTokens> g;
-  __shared__ int64_t scratch[kWarps];
-  __shared__ Acc vs[kMaxTokens][kRankChunk];
+  TokenGroup<kMaxTokens>& g = sh.g;
+  auto& vs = sh.vs;
   if (threadIdx.x == 0) g.count = 0;
-  find_group<kMaxTokens>(p.map, blockIdx.x, g, scratch);
+  find_group<kMaxTokens>(p.map, pos, g, sh.scratch);
   const int count = g.count;
   if (count == 0) return;
   const int64_t r = effective_rank(p.ranks, g.slot, p.num_slots, p.max_rank);
   if (r == 0) return;  // no adapter, or rank 0: y untouched
   const int tid = threadIdx.x;
-  const int64_t o = static_cast<int64_t>(blockIdx.y) * kThreads + tid;
+  const int64_t o = col_block * kThreads + tid;
   const bool active = o < p.h_out;
   const T* b = static_cast<const T*>(p.lora_b) + (g.slot * p.h_out + (active ? o : 0)) * p.max_rank;
   const Acc* v = static_cast<const Acc*>(p.v);
@@ -283,6 +321,61 @@ __global__ void __launch_bounds__(kThreads) expand_kernel(const ExpandParams p) 
       *out = Elem<T>::store(Elem<T>::load(*out) + scale * (acc[m] + bias));
     }
   }
+}
+
+// grid (T, ceil(H_out / kThreads)); one output feature per thread.
+template <typename T, int VEC, int kMaxTokens>
+__global__ void __launch_bounds__(kThreads) expand_kernel(const ExpandParams p) {
+  __shared__ ExpandShared<typename Elem<T>::Acc, kMaxTokens> sh;
+  expand_block<T, VEC, kMaxTokens>(p, blockIdx.x, blockIdx.y, sh);
+}
+
+// Several slices (add_lora_slices) in one launch per phase. The grid's y dimension is folded:
+// slice i owns the block columns [first_block[i], first_block[i + 1]) (ceil(R_i / kRows) for
+// shrink, ceil(H_out_i / kThreads) for expand; 0 for a slice with nothing to do), so no block
+// idles on a narrower slice. Each block runs the single-slice body on its slice's own params
+// with that slice's vector width, so every slice's arithmetic is the one of launch_shrink /
+// launch_expand on that slice alone (bit-equal). Passed by value (__grid_constant__: indexed in
+// place, not copied to local memory).
+template <typename Params>
+struct SliceBatch {
+  Params slice[kMaxSlicesPerLaunch];
+  bool vectorized[kMaxSlicesPerLaunch];
+  int32_t first_block[kMaxSlicesPerLaunch + 1];
+  int32_t num_slices;
+};
+
+// The slice owning folded block column `col`, and col's column within it.
+template <typename Params>
+__device__ __forceinline__ int slice_of(const SliceBatch<Params>& p, int64_t col, int64_t& local) {
+  int i = 0;
+  while (i + 1 < p.num_slices && col >= p.first_block[i + 1]) ++i;
+  local = col - p.first_block[i];
+  return i;
+}
+
+// grid (T, sum_i ceil(R_i / kRows)).
+template <typename T, int VEC, int kRows, int kMaxTokens>
+__global__ void __launch_bounds__(kThreads) shrink_slices_kernel(const __grid_constant__ SliceBatch<ShrinkParams> p) {
+  __shared__ ShrinkShared<typename Elem<T>::Acc, kRows, kMaxTokens> sh;
+  int64_t local = 0;
+  const int i = slice_of(p, blockIdx.y, local);
+  if (VEC > 1 && p.vectorized[i])
+    shrink_block<T, VEC, kRows, kMaxTokens>(p.slice[i], blockIdx.x, local, sh);
+  else
+    shrink_block<T, 1, kRows, kMaxTokens>(p.slice[i], blockIdx.x, local, sh);
+}
+
+// grid (T, sum_i ceil(H_out_i / kThreads)).
+template <typename T, int VEC, int kMaxTokens>
+__global__ void __launch_bounds__(kThreads) expand_slices_kernel(const __grid_constant__ SliceBatch<ExpandParams> p) {
+  __shared__ ExpandShared<typename Elem<T>::Acc, kMaxTokens> sh;
+  int64_t local = 0;
+  const int i = slice_of(p, blockIdx.y, local);
+  if (VEC > 1 && p.vectorized[i])
+    expand_block<T, VEC, kMaxTokens>(p.slice[i], blockIdx.x, local, sh);
+  else
+    expand_block<T, 1, kMaxTokens>(p.slice[i], blockIdx.x, local, sh);
 }
 
 // One thread per (token, rank column).

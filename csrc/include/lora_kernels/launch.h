@@ -17,6 +17,14 @@ cudaError_t launch_shrink(const ShrinkParams& p, cudaStream_t stream);
 // valid slot and r_a > 0; other rows of y are not touched.
 cudaError_t launch_expand(const ExpandParams& p, cudaStream_t stream);
 
+// add_lora_slices' two phases: launch_shrink / launch_expand on each of the n slices (every
+// slice shares the token map, T and the dtype; each has its own weights, ranks, v and y column
+// view), in one launch per phase for up to 8 slices (more go in launches of 8 slices each, and a
+// chunk also closes before its folded grid would pass 65535 block columns). Each slice's
+// results are bit-equal to launch_shrink / launch_expand on that slice alone.
+cudaError_t launch_shrink_slices(const ShrinkParams* slices, int64_t n, cudaStream_t stream);
+cudaError_t launch_expand_slices(const ExpandParams* slices, int64_t n, cudaStream_t stream);
+
 // v[t, j] = lora_a[a, j, token_ids[t]] for j < r_a, else 0.
 cudaError_t launch_embedding_shrink(const EmbeddingShrinkParams& p, cudaStream_t stream);
 
