@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command on a machine with an NVIDIA GPU and torch (no network needed):
 #   1. builds the extension for the local GPU only (pip install --no-build-isolation --no-deps -e .)
-#   2. runs tests/gpu
+#   2. runs every test that needs CUDA (pytest -m cuda: the cuda cases of the op tests, tests/gpu)
 #   3. runs the GPU sweep (benchmarks/bench_gpu.py, time-boxed), writing
 #      OUTDIR/<gpu>.json, OUTDIR/<gpu>.png, OUTDIR/<gpu>.log
 #   4. prints a short table last
@@ -16,7 +16,7 @@
 #   DEADLINE               seconds the whole script aims at (default 420); the sweep gets what
 #                          the build and the tests left, between 60 and 300 s
 #   SWEEP_BUDGET           fixed sweep time budget in seconds (overrides DEADLINE's share)
-#   TESTS_TIMEOUT          seconds before tests/gpu is stopped (default 240)
+#   TESTS_TIMEOUT          seconds before the CUDA tests are stopped (default 240)
 set -uo pipefail
 
 cd "$(dirname "$0")/.." || exit 2
@@ -57,11 +57,11 @@ assert info["cuda"], "the extension was built without CUDA"' 2>&1 | tee -a "$LOG
     exit 1
 fi
 
-# --- 2. tests/gpu ----------------------------------------------------------------------------
-say "tests/gpu"
+# --- 2. the CUDA tests -----------------------------------------------------------------------
+say "CUDA tests (pytest -m cuda tests)"
 TIMEOUT=()
 command -v timeout >/dev/null && TIMEOUT=(timeout "${TESTS_TIMEOUT:-240}")
-"${TIMEOUT[@]}" "$PY" -m pytest -q -p no:cacheprovider tests/gpu 2>&1 | tee -a "$LOG"
+"${TIMEOUT[@]}" "$PY" -m pytest -q -p no:cacheprovider -m cuda tests 2>&1 | tee -a "$LOG"
 TESTS_RC=${PIPESTATUS[0]}
 
 # --- 3. the sweep ----------------------------------------------------------------------------
@@ -80,7 +80,7 @@ print(gpu_stem(torch.cuda.get_device_name()))')
 say "done"
 {
     echo
-    echo "tests/gpu: $([ "$TESTS_RC" = 0 ] && echo passed || echo "FAILED (exit $TESTS_RC)")"
+    echo "CUDA tests: $([ "$TESTS_RC" = 0 ] && echo passed || echo "FAILED (exit $TESTS_RC)")"
     echo "sweep: $([ "$SWEEP_RC" = 0 ] && echo ok || echo "FAILED cases or errors (exit $SWEEP_RC)"); outputs: $OUTDIR/$STEM.{json,png,log}; full log: $LOG"
     if [ -f "$OUTDIR/$STEM.json" ]; then
         "$PY" benchmarks/bench_gpu.py --summary "$OUTDIR/$STEM.json"

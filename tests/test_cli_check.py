@@ -13,7 +13,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-F = pytest.importorskip("hf_fixtures")  # skips the module without peft / transformers
+F = pytest.importorskip("helpers.hf_fixtures")  # skips the module without peft / transformers
 
 from lora_kernels.__main__ import main  # noqa: E402
 

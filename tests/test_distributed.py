@@ -33,7 +33,7 @@ from lora_kernels.distributed import (  # noqa: E402
     shard_peft_adapter,
 )
 from lora_kernels.peft import LoRAModule, PeftAdapter  # noqa: E402
-from peft_helpers import PREFIX, lora_config, write_adapter  # noqa: E402
+from helpers.peft_helpers import PREFIX, lora_config, write_adapter  # noqa: E402
 
 F64 = torch.float64
 TOL = 1e-12

@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-F = pytest.importorskip("hf_fixtures")  # skips the module without peft / transformers
+F = pytest.importorskip("helpers.hf_fixtures")  # skips the module without peft / transformers
 
 from lora_kernels.model import MultiLoRAModel  # noqa: E402
 from lora_kernels.peft import PeftAdapterError, load_peft_adapter  # noqa: E402

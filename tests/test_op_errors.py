@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import lora_kernels as lk
-from lora_cases import make_case
+from helpers.lora_cases import make_case
 from lora_kernels._build import check_torch_version
 
 

@@ -1,6 +1,6 @@
 """lk.load_peft_adapter: scales exactly as PEFT resolves them, and every refusal, by name.
 
-Most tests write adapters by hand (tests/peft_helpers.py) and need no peft; the ones that
+Most tests write adapters by hand (tests/helpers/peft_helpers.py) and need no peft; the ones that
 compare against PEFT's own per-layer values skip without it (peft/transformers are test extras).
 """
 
@@ -28,7 +28,7 @@ from lora_kernels.peft import (  # noqa: E402
     read_safetensors,
     resolve_rank_alpha,
 )
-from peft_helpers import PREFIX, lora_config, lora_tensors, safetensors_bytes, write_adapter  # noqa: E402
+from helpers.peft_helpers import PREFIX, lora_config, lora_tensors, safetensors_bytes, write_adapter  # noqa: E402
 
 Q0 = "model.layers.0.self_attn.q_proj"
 V0 = "model.layers.0.self_attn.v_proj"
@@ -474,7 +474,7 @@ def test_adapter_from_state_dict_same_checks():
 
 def test_every_module_scale_equals_peft(tmp_path):
     """For every adapter of the parity suite, every module: r, alpha, scale == PEFT's layer values."""
-    F = pytest.importorskip("hf_fixtures")
+    F = pytest.importorskip("helpers.hf_fixtures")
     F.check_versions()
     from peft.tuners.lora import LoraLayer
 

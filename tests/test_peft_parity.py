@@ -18,13 +18,13 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-F = pytest.importorskip("hf_fixtures")  # skips the module without peft / transformers
+F = pytest.importorskip("helpers.hf_fixtures")  # skips the module without peft / transformers
 
 import lora_kernels as lk  # noqa: E402
 from lora_kernels.model import LoRALayer, MultiLoRAModel  # noqa: E402
 from lora_kernels.pool import LoRAPool  # noqa: E402
 from lora_kernels.peft import PeftAdapterError, adapter_from_state_dict, load_peft_adapter  # noqa: E402
-from peft_helpers import PREFIX, lora_config, lora_tensors  # noqa: E402
+from helpers.peft_helpers import PREFIX, lora_config, lora_tensors  # noqa: E402
 
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5}
 FAMILIES = ("llama", "gpt2")
@@ -605,7 +605,7 @@ def test_check_reports_refused_adapters(dirs, llama_base_dir, capsys, tmp_path):
 def test_check_reports_adapters_refused_by_the_model(dirs, llama_base_dir, capsys, tmp_path):
     import shutil
 
-    from peft_helpers import safetensors_bytes
+    from helpers.peft_helpers import safetensors_bytes
 
     bad = str(tmp_path / "resized")
     shutil.copytree(dirs["llama"]["embhead"], bad)

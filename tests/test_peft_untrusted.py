@@ -31,7 +31,7 @@ from lora_kernels.peft import (  # noqa: E402
     load_peft_adapter,
     match_pattern_key,
 )
-from peft_helpers import PREFIX, lora_config, lora_tensors, write_adapter  # noqa: E402
+from helpers.peft_helpers import PREFIX, lora_config, lora_tensors, write_adapter  # noqa: E402
 
 Q0 = "model.layers.0.self_attn.q_proj"
 V1 = "model.layers.1.self_attn.v_proj"

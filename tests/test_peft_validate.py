@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from lora_kernels.peft import adapter_from_state_dict  # noqa: E402
 from lora_kernels.peft_validate import adapter_model_problems, module_kind  # noqa: E402
-from peft_helpers import PREFIX, lora_config, lora_tensors  # noqa: E402
+from helpers.peft_helpers import PREFIX, lora_config, lora_tensors  # noqa: E402
 
 
 class Tiny(nn.Module):

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import lora_kernels as lk
-from lora_cases import make_case
-from slice_cases import make_slice_case, untouched_slice_entries
+from helpers.lora_cases import make_case
+from helpers.slice_cases import make_slice_case, untouched_slice_entries
 
 
 def _poisoned_case(segments):

@@ -8,7 +8,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import lora_kernels as lk
-from slice_cases import make_slice_case
+from helpers.slice_cases import make_slice_case
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
-F = pytest.importorskip("hf_fixtures")
+F = pytest.importorskip("helpers.hf_fixtures")
 
 from lora_kernels.model import MultiLoRAModel  # noqa: E402
 

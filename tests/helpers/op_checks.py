@@ -9,7 +9,7 @@ import torch
 
 import lora_kernels as lk
 
-from lora_cases import TOLERANCE, float64_copy, make_case, reference_update, untouched_rows, update_error
+from .lora_cases import TOLERANCE, float64_copy, make_case, reference_update, untouched_rows, update_error
 
 
 def check_add_lora(device: str, dtype: torch.dtype, segments: bool, **case_kw) -> float:

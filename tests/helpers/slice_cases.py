@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 import lora_kernels as lk
-from lora_cases import TOLERANCE, float64_copy, random_segments, update_error
+from .lora_cases import TOLERANCE, float64_copy, random_segments, update_error
 
 
 @dataclass
