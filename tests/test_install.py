@@ -69,7 +69,9 @@ def copy_tree(dest):
 
 
 def clean_env(**extra):
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
+    # LORA_KERNELS_CUDA=1 (CI: require the CUDA build) would contradict this CPU-only install
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "LORA_KERNELS_CUDA")}
     env.update(PIP_DISABLE_PIP_VERSION_CHECK="1", MAX_JOBS=os.environ.get("MAX_JOBS", "2"), **extra)
     return env
 

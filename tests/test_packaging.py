@@ -21,7 +21,10 @@ pytestmark = pytest.mark.skipif(not os.path.exists(os.path.join(ROOT, "setup.py"
 
 
 def test_wheel_requires_the_torch_it_is_built_against(tmp_path):
-    env = dict(os.environ, LORA_KERNELS_CPU_ONLY="1")  # metadata only: no toolkit lookup needed
+    # metadata only: no toolkit lookup needed; CI's LORA_KERNELS_CUDA=1 (require CUDA) would
+    # contradict LORA_KERNELS_CPU_ONLY=1, so it is left out here
+    env = {k: v for k, v in os.environ.items() if k != "LORA_KERNELS_CUDA"}
+    env["LORA_KERNELS_CPU_ONLY"] = "1"
     proc = subprocess.run([sys.executable, "setup.py", "-q", "egg_info", "--egg-base", str(tmp_path)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
