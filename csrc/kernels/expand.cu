@@ -7,6 +7,13 @@
 namespace lora_kernels::cuda {
 namespace {
 constexpr int kMaxTokens = 8;  // tokens of one group sharing the weight stream
+
+// The vector path (kVec elements per 16-byte load of B's rows) when B is 16-byte aligned and R a
+// multiple of kVec. One rule for launch_expand and for each slice of launch_expand_slices.
+template <int kVec>
+bool expand_vectorized(const ExpandParams& p) {
+  return p.max_rank % kVec == 0 && detail::aligned16(p.lora_b);
+}
 }  // namespace
 
 cudaError_t launch_expand(const ExpandParams& p, cudaStream_t stream) {
@@ -15,8 +22,7 @@ cudaError_t launch_expand(const ExpandParams& p, cudaStream_t stream) {
   return detail::dispatch_dtype(p.dtype, [&](auto elem) {
     using T = decltype(elem);
     constexpr int kVec = 16 / sizeof(T);
-    const bool vectorized = p.max_rank % kVec == 0 && detail::aligned16(p.lora_b);
-    if (vectorized)
+    if (expand_vectorized<kVec>(p))
       LK_LAUNCH(grid, detail::kThreads, 0, stream, detail::expand_kernel<T, kVec, kMaxTokens>)(p);
     else
       LK_LAUNCH(grid, detail::kThreads, 0, stream, detail::expand_kernel<T, 1, kMaxTokens>)(p);
@@ -35,9 +41,7 @@ cudaError_t launch_expand_slices(const ExpandParams* slices, int64_t n, cudaStre
         [](const ExpandParams& p) -> int64_t {
           return p.max_rank == 0 || p.h_out == 0 ? 0 : detail::ceil_div(p.h_out, detail::kThreads);
         },
-        [](const ExpandParams& p) {  // as launch_expand decides for this slice alone
-          return p.max_rank % kVec == 0 && detail::aligned16(p.lora_b);
-        },
+        [](const ExpandParams& p) { return expand_vectorized<kVec>(p); },  // as launch_expand decides
         [&](const Batch& batch, int64_t blocks) {
           const dim3 grid(static_cast<unsigned>(slices[0].map.num_tokens), static_cast<unsigned>(blocks));
           LK_LAUNCH(grid, detail::kThreads, 0, stream, detail::expand_slices_kernel<T, kVec, kMaxTokens>)(batch);

@@ -8,6 +8,13 @@ namespace lora_kernels::cuda {
 namespace {
 constexpr int kRows = 4;       // rank rows per block
 constexpr int kMaxTokens = 8;  // tokens of one group sharing the weight stream
+
+// The vector path (kVec elements per 16-byte load) when x's rows and A are 16-byte aligned. One
+// rule for launch_shrink and for each slice of launch_shrink_slices, so the two stay bit-equal.
+template <int kVec>
+bool shrink_vectorized(const ShrinkParams& p) {
+  return p.h_in % kVec == 0 && p.x_stride % kVec == 0 && detail::aligned16(p.x) && detail::aligned16(p.lora_a);
+}
 }  // namespace
 
 cudaError_t launch_shrink(const ShrinkParams& p, cudaStream_t stream) {
@@ -16,9 +23,7 @@ cudaError_t launch_shrink(const ShrinkParams& p, cudaStream_t stream) {
   return detail::dispatch_dtype(p.dtype, [&](auto elem) {
     using T = decltype(elem);
     constexpr int kVec = 16 / sizeof(T);
-    const bool vectorized = p.h_in % kVec == 0 && p.x_stride % kVec == 0 &&
-                            detail::aligned16(p.x) && detail::aligned16(p.lora_a);
-    if (vectorized)
+    if (shrink_vectorized<kVec>(p))
       LK_LAUNCH(grid, detail::kThreads, 0, stream, detail::shrink_kernel<T, kVec, kRows, kMaxTokens>)(p);
     else
       LK_LAUNCH(grid, detail::kThreads, 0, stream, detail::shrink_kernel<T, 1, kRows, kMaxTokens>)(p);
@@ -35,10 +40,7 @@ cudaError_t launch_shrink_slices(const ShrinkParams* slices, int64_t n, cudaStre
     return detail::for_each_slice_batch<Batch>(
         slices, n, detail::kMaxSlicesPerLaunch,
         [](const ShrinkParams& p) -> int64_t { return p.max_rank == 0 ? 0 : detail::ceil_div(p.max_rank, kRows); },
-        [](const ShrinkParams& p) {  // as launch_shrink decides for this slice alone
-          return p.h_in % kVec == 0 && p.x_stride % kVec == 0 && detail::aligned16(p.x) &&
-                 detail::aligned16(p.lora_a);
-        },
+        [](const ShrinkParams& p) { return shrink_vectorized<kVec>(p); },  // as launch_shrink decides
         [&](const Batch& batch, int64_t blocks) {
           const dim3 grid(static_cast<unsigned>(slices[0].map.num_tokens), static_cast<unsigned>(blocks));
           LK_LAUNCH(grid, detail::kThreads, 0, stream, detail::shrink_slices_kernel<T, kVec, kRows, kMaxTokens>)(batch);
