@@ -57,17 +57,15 @@ void expand_op(const char* op, const Tensor& y, const Tensor& v, const Tensor& l
                const OptTensor& seg_indptr, const OptTensor& seg_adapter, const Tensor& scaling,
                const OptTensor& ranks, const OptTensor& lora_bias) {
   typename Backend::Guard guard(y.device());
-  check_devices(op, arg("y", y),
-                {arg("v", v), arg("lora_b", lora_b), arg("indices", indices), arg("seg_indptr", seg_indptr),
-                 arg("seg_adapter", seg_adapter), arg("scaling", scaling), arg("ranks", ranks),
-                 arg("lora_bias", lora_bias)});
+  // Every input: on y's device (checked first) and not overlapping y (checked once shapes are known).
+  const std::vector<Arg> inputs{arg("v", v), arg("lora_b", lora_b), arg("indices", indices),
+                                arg("seg_indptr", seg_indptr), arg("seg_adapter", seg_adapter),
+                                arg("scaling", scaling), arg("ranks", ranks), arg("lora_bias", lora_bias)};
+  check_devices(op, arg("y", y), inputs);
   const TokenMap map = make_token_map(op, num_tokens(op, "y", y, "[T, H_out]"), indices, seg_indptr, seg_adapter);
   Tensor scaling_acc;
   const ExpandParams p = prepare_expand(op, y, v, lora_b, scaling, lora_bias, map, ranks, &scaling_acc);
-  check_no_overlap(op, y,
-                   {arg("v", v), arg("lora_b", lora_b), arg("indices", indices), arg("seg_indptr", seg_indptr),
-                    arg("seg_adapter", seg_adapter), arg("scaling", scaling), arg("ranks", ranks),
-                    arg("lora_bias", lora_bias)});
+  check_no_overlap(op, y, inputs);
   check_index_values<Backend>(op, map, indices, seg_indptr, seg_adapter, ranks, p.num_slots, p.max_rank);
   Backend::expand(p, Backend::make_plan(map, p.num_slots));
 }
@@ -78,10 +76,11 @@ void add_lora_op(const Tensor& y, const Tensor& x, const Tensor& lora_a, const T
                  const OptTensor& ranks, const OptTensor& lora_bias) {
   const char* op = "add_lora";
   typename Backend::Guard guard(y.device());
-  check_devices(op, arg("y", y),
-                {arg("x", x), arg("lora_a", lora_a), arg("lora_b", lora_b), arg("scaling", scaling),
-                 arg("indices", indices), arg("seg_indptr", seg_indptr), arg("seg_adapter", seg_adapter),
-                 arg("ranks", ranks), arg("lora_bias", lora_bias)});
+  // Every input: on y's device (checked first) and not overlapping y (checked once shapes are known).
+  const std::vector<Arg> inputs{arg("x", x), arg("lora_a", lora_a), arg("lora_b", lora_b), arg("scaling", scaling),
+                                arg("indices", indices), arg("seg_indptr", seg_indptr),
+                                arg("seg_adapter", seg_adapter), arg("ranks", ranks), arg("lora_bias", lora_bias)};
+  check_devices(op, arg("y", y), inputs);
   const int64_t T = num_tokens(op, "x", x, "[T, H_in]");
   TORCH_CHECK(num_tokens(op, "y", y, "[T, H_out]") == T, op, ": y must have shape [T, H_out] with T = ", T,
               " (from x), got shape ", y.sizes(), ".");
@@ -92,10 +91,7 @@ void add_lora_op(const Tensor& y, const Tensor& x, const Tensor& lora_a, const T
   TORCH_CHECK(y.scalar_type() == x.scalar_type(), op, ": y must have the same dtype as x (", x.scalar_type(),
               "), got ", y.scalar_type(), ".");
   const ExpandParams ep = prepare_expand(op, y, v, lora_b, scaling, lora_bias, map, ranks, &scaling_acc);
-  check_no_overlap(op, y,
-                   {arg("x", x), arg("lora_a", lora_a), arg("lora_b", lora_b), arg("scaling", scaling),
-                    arg("indices", indices), arg("seg_indptr", seg_indptr), arg("seg_adapter", seg_adapter),
-                    arg("ranks", ranks), arg("lora_bias", lora_bias)});
+  check_no_overlap(op, y, inputs);
   check_index_values<Backend>(op, map, indices, seg_indptr, seg_adapter, ranks, sp.num_slots, sp.max_rank);
   const auto plan = Backend::make_plan(map, sp.num_slots);
   Backend::shrink(sp, plan);
@@ -107,17 +103,16 @@ void add_lora_embedding_op(const Tensor& y, const Tensor& token_ids, const Tenso
                            const Tensor& scaling, const Tensor& indices, const OptTensor& ranks) {
   const char* op = "add_lora_embedding";
   typename Backend::Guard guard(y.device());
-  check_devices(op, arg("y", y),
-                {arg("token_ids", token_ids), arg("lora_a", lora_a), arg("lora_b", lora_b), arg("scaling", scaling),
-                 arg("indices", indices), arg("ranks", ranks)});
+  // Every input: on y's device (checked first) and not overlapping y (checked once shapes are known).
+  const std::vector<Arg> inputs{arg("token_ids", token_ids), arg("lora_a", lora_a), arg("lora_b", lora_b),
+                                arg("scaling", scaling), arg("indices", indices), arg("ranks", ranks)};
+  check_devices(op, arg("y", y), inputs);
   check_pair(op, lora_a, lora_b, "[N, dim, R]");
   const TokenMap map = make_token_map(op, num_tokens(op, "y", y, "[T, dim]"), indices, std::nullopt, std::nullopt);
   Tensor v, scaling_acc;
   const EmbeddingShrinkParams sp = prepare_embedding_shrink(op, y, token_ids, lora_a, map, ranks, &v);
   const ExpandParams ep = prepare_expand(op, y, v, lora_b, scaling, std::nullopt, map, ranks, &scaling_acc);
-  check_no_overlap(op, y,
-                   {arg("token_ids", token_ids), arg("lora_a", lora_a), arg("lora_b", lora_b), arg("scaling", scaling),
-                    arg("indices", indices), arg("ranks", ranks)});
+  check_no_overlap(op, y, inputs);
   check_index_values<Backend>(op, map, indices, std::nullopt, std::nullopt, ranks, sp.num_slots, sp.max_rank,
                               token_ids, sp.vocab);
   const auto plan = Backend::make_plan(map, sp.num_slots);
