@@ -169,16 +169,13 @@ class LoRAKernelsPunicaWrapper(PunicaWrapperBase):
         indices = self._token_indices(x.shape[0])
         a_list = [_stack3(a) for a in lora_a_stacked]
         b_list = [_stack3(b) for b in lora_b_stacked]
-        add_lora_slices = getattr(lk, "add_lora_slices", None)
-        if add_lora_slices is not None and len(a_list) > 1 and all(
-            t.dtype == x.dtype == y2.dtype for t in a_list + b_list
-        ):
+        if len(a_list) > 1 and all(t.dtype == x.dtype == y2.dtype for t in a_list + b_list):
             # Every slice of a fused layer (qkv, gate_up) in one call (DESIGN §2).
             scaling = self._ones(a_list[0].shape[0], scale, x.device)
-            add_lora_slices(y2[:, : sum(output_slices)], x, a_list, b_list, [scaling] * len(a_list), indices)
+            lk.add_lora_slices(y2[:, : sum(output_slices)], x, a_list, b_list, [scaling] * len(a_list), indices)
             return y
-        # One add_lora per slice, each writing its column slice of y in place (until
-        # lk.add_lora_slices exists in this build).
+        # A single slice, or a LoRA dtype other than the activations' (each _add_lora casts):
+        # one add_lora per slice, each writing its column slice of y in place.
         offset = 0
         for a, b, width in zip(a_list, b_list, output_slices):
             self._add_lora(y2[:, offset:offset + width], x, a, b, scale, indices)
