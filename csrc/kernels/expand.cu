@@ -6,7 +6,7 @@
 
 namespace lora_kernels::cuda {
 namespace {
-constexpr int kMaxTokens = 8;  // tokens of one group sharing the weight stream
+constexpr int kMaxTokens = tiles::kGroupTokens;
 
 // The vector path (kVec elements per 16-byte load of B's rows) when B is 16-byte aligned and R a
 // multiple of kVec. One rule for launch_expand and for each slice of launch_expand_slices.

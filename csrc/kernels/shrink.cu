@@ -6,8 +6,8 @@
 
 namespace lora_kernels::cuda {
 namespace {
-constexpr int kRows = 4;       // rank rows per block
-constexpr int kMaxTokens = 8;  // tokens of one group sharing the weight stream
+constexpr int kRows = tiles::kShrinkRows;
+constexpr int kMaxTokens = tiles::kGroupTokens;
 
 // The vector path (kVec elements per 16-byte load) when x's rows and A are 16-byte aligned. One
 // rule for launch_shrink and for each slice of launch_shrink_slices, so the two stay bit-equal.

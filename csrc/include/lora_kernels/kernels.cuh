@@ -20,12 +20,13 @@
 #endif
 
 #include "lora_kernels/params.h"
+#include "lora_kernels/tiles.h"
 
 namespace lora_kernels::cuda::detail {
 
-constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
-constexpr int kMaxSlicesPerLaunch = 8;  // slices per add_lora_slices launch; more go in chunks
+using tiles::kMaxSlicesPerLaunch;
+using tiles::kThreads;
+using tiles::kWarps;
 
 template <typename T>
 struct Elem;
@@ -249,7 +250,7 @@ __global__ void __launch_bounds__(kThreads) shrink_kernel(const ShrinkParams p) 
   shrink_block<T, VEC, kRows, kMaxTokens>(p, blockIdx.x, blockIdx.y, sh);
 }
 
-constexpr int kRankChunk = 64;  // v columns staged in shared memory per pass
+using tiles::kRankChunk;
 
 // Shared memory of one expand block.
 template <typename Acc, int kMaxTokens>
