@@ -2,6 +2,8 @@
 #include "lora_cpu.h"
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -377,34 +379,16 @@ void embedding_shrink_item(const EmbeddingShrinkParams& p, const Plan& plan, int
   }
 }
 
-template <template <typename> class Fn, typename... Args>
-void dispatch(DType dtype, Args&&... args) {
-  switch (dtype) {
-    case DType::kFloat16: return Fn<Half>::run(args...);
-    case DType::kBFloat16: return Fn<BFloat16>::run(args...);
-    case DType::kFloat32: return Fn<float>::run(args...);
-    case DType::kFloat64: return Fn<double>::run(args...);
-  }
+// Runs body(TypeTag<T>{}) with T the CPU storage type of `dtype`. The binding maps only torch's
+// four supported dtypes to DType, so another value is a programming error inside an OpenMP
+// region (where an exception cannot leave): stop loudly.
+template <typename Body>
+void dispatch(DType dtype, Body&& body) {
+  dispatch_dtype<CpuTypes>(dtype, body, [dtype] {
+    std::fprintf(stderr, "lora_kernels: internal error: unknown DType %d\n", static_cast<int>(dtype));
+    std::abort();
+  });
 }
-
-template <typename T>
-struct ShrinkRange {
-  static void run(const ShrinkParams& p, const Plan& plan, int64_t begin, int64_t end) {
-    for (int64_t u = begin; u < end; ++u) shrink_unit<T>(p, plan, u);
-  }
-};
-template <typename T>
-struct ExpandRange {
-  static void run(const ExpandParams& p, const Plan& plan, int64_t begin, int64_t end) {
-    for (int64_t u = begin; u < end; ++u) expand_unit<T>(p, plan, u);
-  }
-};
-template <typename T>
-struct EmbeddingShrinkRange {
-  static void run(const EmbeddingShrinkParams& p, const Plan& plan, int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) embedding_shrink_item<T>(p, plan, i);
-  }
-};
 
 }  // namespace
 
@@ -445,14 +429,20 @@ int64_t expand_column_blocks(const ExpandParams& p) {
 
 void shrink(const ShrinkParams& p, const Plan& plan, int64_t begin, int64_t end) {
   if (p.max_rank == 0) return;
-  dispatch<ShrinkRange>(p.dtype, p, plan, begin, end);
+  dispatch(p.dtype, [&](auto tag) {
+    for (int64_t u = begin; u < end; ++u) shrink_unit<typename decltype(tag)::type>(p, plan, u);
+  });
 }
 void expand(const ExpandParams& p, const Plan& plan, int64_t begin, int64_t end) {
   if (p.max_rank == 0 || p.h_out == 0) return;
-  dispatch<ExpandRange>(p.dtype, p, plan, begin, end);
+  dispatch(p.dtype, [&](auto tag) {
+    for (int64_t u = begin; u < end; ++u) expand_unit<typename decltype(tag)::type>(p, plan, u);
+  });
 }
 void embedding_shrink(const EmbeddingShrinkParams& p, const Plan& plan, int64_t begin, int64_t end) {
-  dispatch<EmbeddingShrinkRange>(p.dtype, p, plan, begin, end);
+  dispatch(p.dtype, [&](auto tag) {
+    for (int64_t i = begin; i < end; ++i) embedding_shrink_item<typename decltype(tag)::type>(p, plan, i);
+  });
 }
 
 namespace {
@@ -469,15 +459,6 @@ void run_slices(const Params* p, const std::vector<int64_t>& offsets, int64_t be
     if (b < e) run(p[s], b, e);
   }
 }
-
-template <typename T>
-struct FusedShrinkRange {
-  static void run(const ShrinkParams* p, int64_t n, const Plan& plan, int64_t begin, int64_t end) {
-    std::vector<RowPart> parts(static_cast<size_t>(n));
-    for (int64_t s = 0; s < n; ++s) parts[s] = RowPart{&p[s], 0, p[s].max_rank};
-    for (int64_t i = begin; i < end; ++i) shrink_rows<T>(parts.data(), n, plan, plan.items[i], true);
-  }
-};
 
 }  // namespace
 
@@ -504,7 +485,14 @@ SliceUnits expand_slice_units(const ExpandParams* p, int64_t n, const Plan& plan
 }
 void shrink_slices(const ShrinkParams* p, const SliceUnits& units, const Plan& plan, int64_t begin, int64_t end) {
   const int64_t n = static_cast<int64_t>(units.offsets.size()) - 1;
-  if (units.fused) return dispatch<FusedShrinkRange>(p[0].dtype, p, n, plan, begin, end);
+  if (units.fused) {
+    return dispatch(p[0].dtype, [&](auto tag) {
+      std::vector<RowPart> parts(static_cast<size_t>(n));
+      for (int64_t s = 0; s < n; ++s) parts[s] = RowPart{&p[s], 0, p[s].max_rank};
+      for (int64_t i = begin; i < end; ++i)
+        shrink_rows<typename decltype(tag)::type>(parts.data(), n, plan, plan.items[i], true);
+    });
+  }
   run_slices(p, units.offsets, begin, end,
              [&](const ShrinkParams& q, int64_t b, int64_t e) { shrink(q, plan, b, e); });
 }

@@ -1,4 +1,4 @@
-// Maps the runtime DType to the CUDA element type (launcher-side helper, torch-free).
+// Launcher-side helpers (torch-free): the DType -> CUDA element type dispatch, alignment, grids.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -6,19 +6,17 @@
 
 #include <cstdint>
 
+#include "lora_kernels/numeric.h"
 #include "lora_kernels/params.h"
 
 namespace lora_kernels::cuda::detail {
 
+// fn(T{}) with T the CUDA storage type of `dtype`, through the one dispatcher (numeric.h);
+// cudaErrorInvalidValue for a value outside DType's enumerators.
 template <typename Fn>
 cudaError_t dispatch_dtype(DType dtype, Fn&& fn) {
-  switch (dtype) {
-    case DType::kFloat16: return fn(__half{});
-    case DType::kBFloat16: return fn(__nv_bfloat16{});
-    case DType::kFloat32: return fn(float{});
-    case DType::kFloat64: return fn(double{});
-  }
-  return cudaErrorInvalidValue;
+  return lora_kernels::dispatch_dtype<CudaTypes>(
+      dtype, [&](auto tag) { return fn(typename decltype(tag)::type{}); }, [] { return cudaErrorInvalidValue; });
 }
 
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }

@@ -132,6 +132,21 @@ void test_conversions() {
   EXPECT(std::isnan(to_float(bfloat16_from_float(NAN))), "bf16 NaN");
 }
 
+// The one dispatcher maps each DType to the backend's storage type whose trait names that DType,
+// and a value outside the enumerators to `unknown`.
+void test_dtype_dispatch() {
+  for (DType d : {DType::kFloat16, DType::kBFloat16, DType::kFloat32, DType::kFloat64}) {
+    const DType seen = dispatch_dtype<CpuTypes>(
+        d, [](auto tag) { return Numeric<typename decltype(tag)::type>::kDType; }, [] { return DType(-1); });
+    EXPECT(seen == d, "dispatch_dtype(%d) reached the type of DType %d", static_cast<int>(d), static_cast<int>(seen));
+  }
+  const int bytes = dispatch_dtype<CpuTypes>(
+      DType::kBFloat16, [](auto tag) { return static_cast<int>(sizeof(typename decltype(tag)::type)); }, [] { return -1; });
+  EXPECT(bytes == 2, "bfloat16 storage is %d bytes, expected 2", bytes);
+  const int unknown = dispatch_dtype<CpuTypes>(static_cast<DType>(9), [](auto) { return 0; }, [] { return 1; });
+  EXPECT(unknown == 1, "an unknown DType did not reach `unknown`");
+}
+
 void test_value_checks() {
   std::vector<int32_t> idx{0, 3, -1};
   TokenMap map;
@@ -215,6 +230,7 @@ void test_slices(int64_t T_, int64_t R0, int64_t R1, int64_t group_tokens, bool 
 
 int main() {
   test_conversions();
+  test_dtype_dispatch();
   test_value_checks();
   test_slices(23, 5, 2, 4, true, false);     // rank 5 splits into row blocks: units per slice
   test_slices(23, 4, 3, 4, true, true);      // whole ranks per unit: one unit per item, dot products

@@ -19,6 +19,7 @@
 #include <cstdlib>
 #endif
 
+#include "lora_kernels/numeric.h"
 #include "lora_kernels/params.h"
 #include "lora_kernels/tiles.h"
 
@@ -28,32 +29,9 @@ using tiles::kMaxSlicesPerLaunch;
 using tiles::kThreads;
 using tiles::kWarps;
 
+// The element trait is the project's one dtype trait (numeric.h): Acc, load (widen), store (RNE).
 template <typename T>
-struct Elem;
-template <>
-struct Elem<__half> {
-  using Acc = float;
-  static __device__ __forceinline__ float load(__half v) { return __half2float(v); }
-  static __device__ __forceinline__ __half store(float v) { return __float2half_rn(v); }
-};
-template <>
-struct Elem<__nv_bfloat16> {
-  using Acc = float;
-  static __device__ __forceinline__ float load(__nv_bfloat16 v) { return __bfloat162float(v); }
-  static __device__ __forceinline__ __nv_bfloat16 store(float v) { return __float2bfloat16_rn(v); }
-};
-template <>
-struct Elem<float> {
-  using Acc = float;
-  static __device__ __forceinline__ float load(float v) { return v; }
-  static __device__ __forceinline__ float store(float v) { return v; }
-};
-template <>
-struct Elem<double> {
-  using Acc = double;
-  static __device__ __forceinline__ double load(double v) { return v; }
-  static __device__ __forceinline__ double store(double v) { return v; }
-};
+using Elem = Numeric<T>;
 
 // Loads VEC elements starting at p (16 bytes in one instruction when VEC * sizeof(T) == 16;
 // the launchers take that path only when p is 16-byte aligned). memcpy into the vector type

@@ -1,9 +1,24 @@
-// Torch-free float16 / bfloat16 storage types with exact widening and round-to-nearest-even
-// narrowing, for the CPU implementation (CUDA uses the cuda_fp16 / cuda_bf16 types).
+// The one dtype trait and the one dtype dispatcher of the CPU implementation and the CUDA kernels.
+//
+// Numeric<T> for every storage type T: `Acc` (the accumulator: float, or double for double),
+// `kDType`, `load` (exact widening to Acc) and `store` (round-to-nearest-even narrowing).
+// The 16-bit storage types differ by backend only: the CPU uses the torch-free Half / BFloat16
+// below (exact widening, RNE narrowing written out here); the CUDA kernels (nvcc, or g++ on the
+// SIMT executor, where cuda_fp16.h / cuda_bf16.h compile on the host) use __half and
+// __nv_bfloat16. dispatch_dtype<CpuTypes or CudaTypes>(dtype, fn, unknown) maps the runtime DType
+// to that backend's storage type.
 #pragma once
 
 #include <cstdint>
 #include <cstring>
+
+#include "lora_kernels/params.h"
+
+#if defined(__CUDACC__) || defined(LK_SIMT)
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#define LK_NUMERIC_CUDA_TYPES 1
+#endif
 
 namespace lora_kernels {
 
@@ -72,32 +87,84 @@ inline Half half_from_float(float f) {
   return Half{static_cast<uint16_t>(sign | value)};
 }
 
-// Widening load / narrowing store used by templated CPU loops.
 template <typename T>
 struct Numeric;
 template <>
 struct Numeric<float> {
   using Acc = float;
-  static float load(float v) { return v; }
-  static float store(float v) { return v; }
+  static constexpr DType kDType = DType::kFloat32;
+  static LK_HOST_DEVICE float load(float v) { return v; }
+  static LK_HOST_DEVICE float store(float v) { return v; }
 };
 template <>
 struct Numeric<double> {
   using Acc = double;
-  static double load(double v) { return v; }
-  static double store(double v) { return v; }
+  static constexpr DType kDType = DType::kFloat64;
+  static LK_HOST_DEVICE double load(double v) { return v; }
+  static LK_HOST_DEVICE double store(double v) { return v; }
 };
 template <>
 struct Numeric<Half> {
   using Acc = float;
+  static constexpr DType kDType = DType::kFloat16;
   static float load(Half v) { return to_float(v); }
   static Half store(float v) { return half_from_float(v); }
 };
 template <>
 struct Numeric<BFloat16> {
   using Acc = float;
+  static constexpr DType kDType = DType::kBFloat16;
   static float load(BFloat16 v) { return to_float(v); }
   static BFloat16 store(float v) { return bfloat16_from_float(v); }
 };
+
+// The storage types of each backend for the 16-bit dtypes.
+struct CpuTypes {
+  using Float16 = Half;
+  using BFloat16 = lora_kernels::BFloat16;
+};
+
+#if defined(LK_NUMERIC_CUDA_TYPES)
+template <>
+struct Numeric<__half> {
+  using Acc = float;
+  static constexpr DType kDType = DType::kFloat16;
+  static LK_HOST_DEVICE float load(__half v) { return __half2float(v); }
+  static LK_HOST_DEVICE __half store(float v) { return __float2half_rn(v); }
+};
+template <>
+struct Numeric<__nv_bfloat16> {
+  using Acc = float;
+  static constexpr DType kDType = DType::kBFloat16;
+  static LK_HOST_DEVICE float load(__nv_bfloat16 v) { return __bfloat162float(v); }
+  static LK_HOST_DEVICE __nv_bfloat16 store(float v) { return __float2bfloat16_rn(v); }
+};
+
+struct CudaTypes {
+  using Float16 = __half;
+  using BFloat16 = __nv_bfloat16;
+};
+#endif
+
+// A type as a value: dispatch_dtype's callback receives TypeTag<T>{} and reads T back with
+// `using T = typename decltype(tag)::type;`.
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
+
+// Calls fn(TypeTag<T>{}) with T the `Types` backend's storage type of `dtype` and returns its
+// result; a value outside DType's enumerators calls unknown() instead (which returns the same
+// type, e.g. an error code, or throws).
+template <typename Types, typename Fn, typename Unknown>
+inline decltype(auto) dispatch_dtype(DType dtype, Fn&& fn, Unknown&& unknown) {
+  switch (dtype) {
+    case DType::kFloat16: return fn(TypeTag<typename Types::Float16>{});
+    case DType::kBFloat16: return fn(TypeTag<typename Types::BFloat16>{});
+    case DType::kFloat32: return fn(TypeTag<float>{});
+    case DType::kFloat64: return fn(TypeTag<double>{});
+  }
+  return unknown();
+}
 
 }  // namespace lora_kernels
