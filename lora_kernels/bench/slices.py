@@ -233,6 +233,10 @@ def _reference_slices(w: SlicesWorkload) -> Tensor:
     return ref.add_lora_slices(w.y, w.x, w.lora_a, w.lora_b, w.scaling, indices, ranks=w.ranks, **kw)
 
 
+# torch.nonzero syncs the host: timed as eager launches, no CUDA-graph capture attempted
+_reference_slices.graph_safe = False
+
+
 def _reference_gather_bytes(case: SliceCase) -> int:
     """What the reference allocates per call at most: per slice the gathered A and B rows of
     every token in the accumulator dtype, twice (the gather and the masked copy)."""
