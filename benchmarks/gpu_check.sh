@@ -3,9 +3,9 @@
 #   1. builds the extension for the local GPU only (pip install --no-build-isolation --no-deps -e .)
 #   2. runs every test that needs CUDA (pytest -m cuda: the cuda cases of the op tests, tests/gpu)
 #   3. runs the GPU sweep (benchmarks/bench_gpu.py, time-boxed), then add_lora_slices on
-#      Llama-3-8B's qkv / gate_up against add_lora per slice, torch._grouped_mm and the torch
-#      reference (time-boxed too), writing OUTDIR/<gpu>.json (the slices under "slices"),
-#      OUTDIR/<gpu>.png, OUTDIR/<gpu>-slices.png, OUTDIR/<gpu>.log
+#      Llama-3-8B's qkv / gate_up against add_lora per slice, torch._grouped_mm, the torch
+#      reference and torch.mm for one adapter (time-boxed too), writing OUTDIR/<gpu>.json (the
+#      slices under "slices"), OUTDIR/<gpu>.png, OUTDIR/<gpu>-slices.png, OUTDIR/<gpu>.log
 #   4. prints the short tables last
 # Everything is also logged to OUTDIR/gpu_check.log. Designed to finish in well under 8 minutes
 # on an H200 with 16 cores.

@@ -87,6 +87,7 @@ def test_dry_run_checks_and_times_every_case(dry):
         expected = {"add_lora_per_slice", "reference"} | ({"grouped_mm"} if hasattr(torch, "_grouped_mm") else set())
         assert expected <= r["baselines"].keys() | r["skipped"].keys()
         assert "add_lora_per_slice" in r["baselines"] and "reference" in r["baselines"]
+        assert ("mm" in r["baselines"]) == (r["n"] == 1)
         assert all(e < 1e-2 for e in r["baseline_rel_err"].values())
         best = min(r["baselines"], key=r["baselines"].get)
         assert r["best_baseline"] == best and math.isclose(r["speedup"], r["baselines"][best] / r["us"])

@@ -21,6 +21,8 @@ in float64, on the update ``d = y_out - y_in``) before it is timed:
                          reason) where torch has no ``_grouped_mm`` or it raises for the dtype
     reference            lk.reference.add_lora_slices in the working dtype (gather + einsum;
                          skipped when its per-call gather would pass GATHER_LIMIT)
+    mm                   one adapter for every token (n = 1): one torch.mm for every slice's
+                         shrink (the stacked A), then one addmm_ per slice into y's columns
 
 Timing, input rotation and the same-run copy / read rate are the sweep's (:mod:`.harness`,
 :mod:`.timing`); the rows have the sweep's layout plus ``proj``, ``widths`` and ``ranks``.
@@ -228,6 +230,18 @@ def _grouped_mm_slices(w: SlicesWorkload) -> Tensor:
     return w.y
 
 
+def _single_mm_slices(w: SlicesWorkload) -> Tensor:
+    a = w.meta[0]["single"]
+    h = torch.mm(w.x, w.a_cat[a].t())  # [T, sum R_i], every slice
+    o = r0 = 0
+    for b, m in zip(w.lora_b, w.meta):
+        R, width = b.shape[2], b.shape[1]
+        w.y[:, o:o + width].addmm_(h[:, r0:r0 + R], b[a].t(), alpha=m["scale_host"][a])
+        o += width
+        r0 += R
+    return w.y
+
+
 def _reference_slices(w: SlicesWorkload) -> Tensor:
     indices, kw = _where(w)
     return ref.add_lora_slices(w.y, w.x, w.lora_a, w.lora_b, w.scaling, indices, ranks=w.ranks, **kw)
@@ -251,6 +265,8 @@ def slices_baselines(case: SliceCase, device: str, ops: Any) -> tuple[dict, dict
         cands["grouped_mm"] = _grouped_mm_slices
     else:
         skipped["grouped_mm"] = f"torch {torch.__version__} has no torch._grouped_mm"
+    if case.n == 1:
+        cands["mm"] = _single_mm_slices
     need = _reference_gather_bytes(case)
     if need <= GATHER_LIMIT[device]:
         cands["reference"] = _reference_slices

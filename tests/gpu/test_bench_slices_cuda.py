@@ -16,6 +16,7 @@ def test_slices_bench_dry_run_on_cuda():
         assert r["rejected"] == {}, (r["name"], r["rejected"])
         assert r["timing"]["ours"] == "graph" and r["timing"]["add_lora_per_slice"] == "graph"
         assert r["timing"]["reference"] == "eager"  # torch.nonzero syncs: never captured
+        assert ("mm" in r["baselines"]) == (r["n"] == 1)
         assert "grouped_mm" in r["baselines"] or r["skipped"]["grouped_mm"]
         assert r["pct_copy"] > 0 and r["copy_us"] > 0
     torch.cuda.synchronize()
