@@ -9,8 +9,8 @@ Writes, for a GPU named e.g. "NVIDIA H200" (stem "h200"):
                     CUDA versions and the date
     DIR/h200.png    latency against the number of distinct adapters (needs matplotlib)
     DIR/h200-slices.png   the same for add_lora_slices on Llama-3-8B's qkv / gate_up (rows under
-                    "slices" in the JSON: against add_lora per slice, torch._grouped_mm and the
-                    torch reference; --slices-budget 0 leaves them out)
+                    "slices" in the JSON: against add_lora per slice, torch._grouped_mm, the
+                    torch reference, torch.mm for one adapter; --slices-budget 0 leaves them out)
     DIR/h200.log    progress lines, the full tables, the targets
 and prints the short table and the targets on stdout. A dry run writes <stem>-dry-run.*.
 The sweep itself (cases, baselines, timing method) lives in the lora_kernels/bench/ package.

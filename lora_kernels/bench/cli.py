@@ -35,8 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="PATH", help="write a PNG plot (needs matplotlib)")
     p.add_argument("--slices", action="store_true",
                    help="also time add_lora_slices on Llama-3-8B's qkv and gate_up against add_lora per "
-                        "slice, torch._grouped_mm, the torch reference and torch.mm for one adapter (bf16 unless --dtype; CUDA "
-                        "only unless --dry-run); rows under 'slices' in the JSON, plot in PATH-slices.png")
+                        "slice, torch._grouped_mm, the torch reference and torch.mm for one adapter "
+                        "(bf16 unless --dtype; CUDA only unless --dry-run); rows under 'slices' in the "
+                        "JSON, plot in PATH-slices.png")
     p.add_argument("--slices-budget", type=float, default=None, metavar="S",
                    help="stop starting new add_lora_slices cases after S seconds")
     return p
