@@ -1,6 +1,6 @@
 """The GPU sweep: ``python -m lora_kernels bench --full`` with its outputs filed.
 
-    python benchmarks/bench_gpu.py [--outdir DIR] [--time-budget S] [--repeat N]
+    python benchmarks/bench_gpu.py [--outdir DIR] [--time-budget S] [--slices-budget S] [--repeat N]
     python benchmarks/bench_gpu.py --summary DIR/h200.json     # the short table of a result
     python benchmarks/bench_gpu.py --device cpu --dry-run      # harness check, no GPU needed
 
@@ -8,7 +8,10 @@ Writes, for a GPU named e.g. "NVIDIA H200" (stem "h200"):
     DIR/h200.json   rows (name, bytes, us, gbps, pct_copy, baselines, rel_err, ...) + GPU, torch,
                     CUDA versions and the date
     DIR/h200.png    latency against the number of distinct adapters (needs matplotlib)
-    DIR/h200.log    progress lines, the full table, the targets
+    DIR/h200-slices.png   the same for add_lora_slices on Llama-3-8B's qkv / gate_up (rows under
+                    "slices" in the JSON: against add_lora per slice, torch._grouped_mm, the
+                    torch reference, torch.mm for one adapter; --slices-budget 0 leaves them out)
+    DIR/h200.log    progress lines, the full tables, the targets
 and prints the short table and the targets on stdout. A dry run writes <stem>-dry-run.*.
 The sweep itself (cases, baselines, timing method) lives in the lora_kernels/bench/ package.
 """
@@ -33,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--outdir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     p.add_argument("--time-budget", type=float, default=None, metavar="S",
                    help="stop starting new cases after S seconds (most important cases run first)")
+    p.add_argument("--slices-budget", type=float, default=60.0, metavar="S",
+                   help="after the sweep, time add_lora_slices cases for at most S seconds "
+                        "(cases not started by then are listed as not run; 0: none)")
     p.add_argument("--repeat", type=int, default=None, metavar="N", help="most graph replays per candidate")
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     p.add_argument("--dry-run", action="store_true", help="tiny sizes, 1 repetition (harness check)")
@@ -59,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     stem = gpu_stem(name) + ("-dry-run" if args.dry_run else "")
     os.makedirs(args.outdir, exist_ok=True)
     paths = {ext: os.path.join(args.outdir, f"{stem}.{ext}") for ext in ("json", "png", "log")}
+    if args.slices_budget > 0:
+        paths["slices_png"] = bench.slices_plot_path(paths["png"])
 
     with open(paths["log"], "w") as log:
         def progress(msg: str) -> None:
@@ -77,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             cli += ["--time-budget", str(args.time_budget)]
         if args.repeat is not None:
             cli += ["--repeat", str(args.repeat)]
+        if args.slices_budget > 0:
+            cli += ["--slices", "--slices-budget", str(args.slices_budget)]
         progress(f"bench --full {' '.join(cli[1:])}")
         rc = bench.run_from_args(bench.add_arguments(argparse.ArgumentParser()).parse_args(cli),
                                  progress=progress, out=to_log)

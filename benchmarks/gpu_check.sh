@@ -2,9 +2,11 @@
 # One command on a machine with an NVIDIA GPU and torch (no network needed):
 #   1. builds the extension for the local GPU only (pip install --no-build-isolation --no-deps -e .)
 #   2. runs every test that needs CUDA (pytest -m cuda: the cuda cases of the op tests, tests/gpu)
-#   3. runs the GPU sweep (benchmarks/bench_gpu.py, time-boxed), writing
-#      OUTDIR/<gpu>.json, OUTDIR/<gpu>.png, OUTDIR/<gpu>.log
-#   4. prints a short table last
+#   3. runs the GPU sweep (benchmarks/bench_gpu.py, time-boxed), then add_lora_slices on
+#      Llama-3-8B's qkv / gate_up against add_lora per slice, torch._grouped_mm, the torch
+#      reference and torch.mm for one adapter (time-boxed too), writing OUTDIR/<gpu>.json (the
+#      slices under "slices"), OUTDIR/<gpu>.png, OUTDIR/<gpu>-slices.png, OUTDIR/<gpu>.log
+#   4. prints the short tables last
 # Everything is also logged to OUTDIR/gpu_check.log. Designed to finish in well under 8 minutes
 # on an H200 with 16 cores.
 #
@@ -13,9 +15,11 @@
 #   PYTHON                 interpreter (default: python, else python3)
 #   TORCH_CUDA_ARCH_LIST   default: the local GPU's compute capability (e.g. 9.0)
 #   MAX_JOBS               parallel compile jobs (default: nproc)
-#   DEADLINE               seconds the whole script aims at (default 420); the sweep gets what
-#                          the build and the tests left, between 60 and 300 s
+#   DEADLINE               seconds the whole script aims at (default 420); of what the build and
+#                          the tests left (less 30 s), add_lora_slices gets a sixth (10 to 45 s)
+#                          and the sweep the rest (60 to 300 s)
 #   SWEEP_BUDGET           fixed sweep time budget in seconds (overrides DEADLINE's share)
+#   SLICES_BUDGET          fixed add_lora_slices time budget in seconds (0: leave them out)
 #   TESTS_TIMEOUT          seconds before the CUDA tests are stopped (default 240)
 set -uo pipefail
 
@@ -66,10 +70,13 @@ TESTS_RC=${PIPESTATUS[0]}
 
 # --- 3. the sweep ----------------------------------------------------------------------------
 ELAPSED=$(($(date +%s) - START))
-BUDGET=${SWEEP_BUDGET:-$(((DEADLINE - ELAPSED - 30) > 300 ? 300 : ((DEADLINE - ELAPSED - 30) < 60 ? 60 : (DEADLINE - ELAPSED - 30))))}
-say "sweep: time budget ${BUDGET} s (cases not started by then are listed as not run)"
+REMAIN=$((DEADLINE - ELAPSED - 30))
+clamp() { echo $(($1 < $2 ? $2 : ($1 > $3 ? $3 : $1))); }
+SLICES=${SLICES_BUDGET:-$(clamp $((REMAIN / 6)) 10 45)}
+BUDGET=${SWEEP_BUDGET:-$(clamp $((REMAIN - SLICES)) 60 300)}
+say "sweep: time budget ${BUDGET} s, then add_lora_slices: ${SLICES} s (cases not started by then are listed as not run)"
 # progress lines (stderr) to the terminal and the log; the summary (stdout) to the log, shown below
-"$PY" benchmarks/bench_gpu.py --outdir "$OUTDIR" --time-budget "$BUDGET" \
+"$PY" benchmarks/bench_gpu.py --outdir "$OUTDIR" --time-budget "$BUDGET" --slices-budget "$SLICES" \
     2> >(tee -a "$LOG" >&2) >>"$LOG"
 SWEEP_RC=$?
 sleep 0.2 # let the stderr tee drain
@@ -81,7 +88,7 @@ say "done"
 {
     echo
     echo "CUDA tests: $([ "$TESTS_RC" = 0 ] && echo passed || echo "FAILED (exit $TESTS_RC)")"
-    echo "sweep: $([ "$SWEEP_RC" = 0 ] && echo ok || echo "FAILED cases or errors (exit $SWEEP_RC)"); outputs: $OUTDIR/$STEM.{json,png,log}; full log: $LOG"
+    echo "sweep and add_lora_slices: $([ "$SWEEP_RC" = 0 ] && echo ok || echo "FAILED cases or errors (exit $SWEEP_RC)"); outputs: $OUTDIR/$STEM.{json,png,log}, $OUTDIR/$STEM-slices.png; full log: $LOG"
     if [ -f "$OUTDIR/$STEM.json" ]; then
         "$PY" benchmarks/bench_gpu.py --summary "$OUTDIR/$STEM.json"
     else

@@ -26,7 +26,7 @@ ROW_KEYS = {
 }
 TOP_KEYS = {"device", "torch", "cuda", "date", "rows", "dry_run", "device_type"}
 # The directory holding the lora_kernels package this process imported (repo or site-packages).
-PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(bench.__file__)))
+PKG_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(bench.__file__))))
 
 
 def _quiet(_msg: str) -> None:

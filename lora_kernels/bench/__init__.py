@@ -44,6 +44,8 @@ One concern per module:
     harness.py      run(): check and time every case, the JSON-ready result
     report.py       the table, the summary, the GPU targets, the JSON file
     plot.py         the PNG plot
+    slices.py       add_lora_slices on Llama-3-8B's qkv / gate_up against vLLM-style baselines
+                    (``bench --slices``; the same check, timing and row layout)
     cli.py          the command-line options and run_from_args / main
 """
 
@@ -63,8 +65,17 @@ from .cases import DTYPE_NAMES, DTYPES, OPS, Case, default_cases, flops, full_ca
 from .cli import add_arguments, main, run_from_args
 from .correctness import REF_CHUNK_BYTES, CorrectnessError, _reference, check_candidate
 from .harness import BenchUsageError, run
-from .plot import write_plot
-from .report import BASELINE_ORDER, format_summary, format_table, format_targets, targets, write_json
+from .plot import slices_plot_path, write_plot, write_slices_plot  # noqa: F401
+from .report import (
+    BASELINE_ORDER,
+    format_slices_summary,
+    format_summary,
+    format_table,
+    format_targets,
+    targets,
+    write_json,
+)
+from .slices import SliceCase, make_slices_workload, run_slices, slices_cases, slices_min_bytes
 from .timing import copy_bandwidth
 from .workload import Workload, make_workload
 
@@ -84,6 +95,12 @@ __all__ = [
     "format_summary",
     "targets",
     "write_plot",
+    "SliceCase",
+    "slices_cases",
+    "slices_min_bytes",
+    "make_slices_workload",
+    "run_slices",
+    "write_slices_plot",
     "add_arguments",
     "run_from_args",
     "main",

@@ -74,6 +74,8 @@ def run(
     progress: Callable[[str], None] = _progress_default,
     cpu_budget_s: float = 2.0,
     keep_going: bool = False,
+    rates: dict | None = None,
+    run_case: Callable[..., dict] | None = None,
 ) -> dict:
     """Check then time every candidate of every case; return the JSON-ready result.
 
@@ -81,7 +83,10 @@ def run(
     ({name: fn(w)}) joins the plain-torch compositions (the tests inject a wrong one).
     ``time_budget_s`` stops starting new cases once exceeded; their names go to ``not_run``.
     Raises :class:`CorrectnessError` when our op is wrong; with ``keep_going`` (the sweep)
-    a case that fails in any way is listed under ``errors`` and the run goes on.
+    a case that fails in any way is listed under ``errors`` and the run goes on. ``rates``
+    (:func:`reference_rates`' dict, from an earlier run in this process) spares measuring the
+    copy / read rate again; ``run_case`` replaces the per-case check and timing (the
+    ``add_lora_slices`` cases use their own, see :mod:`.slices`).
     """
     if ops is None:
         import lora_kernels as ops  # the compiled ops
@@ -96,13 +101,13 @@ def run(
         torch.set_num_threads(1)
     try:
         return _run(cases, device, ops, repeat, warmup, dry_run, time_budget_s, extra_baselines,
-                    progress, cpu_budget_s, keep_going)
+                    progress, cpu_budget_s, keep_going, rates, run_case or _run_case)
     finally:
         torch.set_num_threads(threads)
 
 
 def _run(cases, device, ops, repeat, warmup, dry_run, time_budget_s, extra_baselines, progress,
-         cpu_budget_s, keep_going) -> dict:
+         cpu_budget_s, keep_going, rates, run_case) -> dict:
     started = time.perf_counter()
     result: dict[str, Any] = {
         "device": _device_name(device),
@@ -125,19 +130,11 @@ def _run(cases, device, ops, repeat, warmup, dry_run, time_budget_s, extra_basel
         "not_run": [],
         "errors": [],
     }
-    l2 = 0
-    if device == "cuda":
-        l2 = _l2_bytes()
-        result["l2_bytes"] = l2
-        result["copy_gbps"] = copy_bandwidth(reps=max(3, min(repeat, 20)), dry_run=dry_run)
-        progress(f"device-to-device copy: {result['copy_gbps']:.0f} GB/s, L2 {l2 / 2**20:.0f} MiB")
+    if rates is not None:
+        result.update({k: rates.get(k) for k in RATE_KEYS})
     else:
-        l2 = llc_bytes()
-        result["llc_bytes"] = l2
-        with torch.inference_mode():
-            result["read_gbps"], result["read_bytes"] = read_bandwidth(l2, dry_run=dry_run)
-        progress(f"memory read ({torch.get_num_threads()} threads, {result['read_bytes'] / 2**20:.0f} MiB): "
-                 f"{result['read_gbps']:.1f} GB/s, last-level cache {l2 / 2**20:.0f} MiB")
+        result.update(reference_rates(device, repeat, dry_run, progress))
+    l2 = result["l2_bytes"] if device == "cuda" else result["llc_bytes"]
     with torch.inference_mode():
         for i, case in enumerate(cases):
             if time_budget_s is not None and time.perf_counter() - started > time_budget_s:
@@ -145,7 +142,7 @@ def _run(cases, device, ops, repeat, warmup, dry_run, time_budget_s, extra_basel
                 progress(f"time budget of {time_budget_s:.0f} s spent: {len(cases) - i} cases not run")
                 break
             try:
-                row = _run_case(case, device, ops, repeat, warmup, dry_run, l2,
+                row = run_case(case, device, ops, repeat, warmup, dry_run, l2,
                                 result["copy_gbps"] if device == "cuda" else result["read_gbps"],
                                 extra_baselines, cpu_budget_s, seed=1000 + i)
             except Exception as exc:
@@ -166,6 +163,30 @@ def _run(cases, device, ops, repeat, warmup, dry_run, time_budget_s, extra_basel
     return result
 
 
+RATE_KEYS = ("copy_gbps", "l2_bytes", "llc_bytes", "read_gbps", "read_bytes")
+
+
+def reference_rates(device: str, repeat: int, dry_run: bool, progress: Callable[[str], None]) -> dict:
+    """The rate every case is a fraction of, measured now, and the cache the inputs are rotated
+    over: on CUDA the device-to-device copy (``copy_gbps``) and the L2 (``l2_bytes``); on CPU
+    the memory read (``read_gbps``, ``read_bytes``) and the last-level cache (``llc_bytes``).
+    The keys of :data:`RATE_KEYS`, None where they do not apply."""
+    rates: dict[str, Any] = dict.fromkeys(RATE_KEYS)
+    if device == "cuda":
+        l2 = _l2_bytes()
+        rates["l2_bytes"] = l2
+        rates["copy_gbps"] = copy_bandwidth(reps=max(3, min(repeat, 20)), dry_run=dry_run)
+        progress(f"device-to-device copy: {rates['copy_gbps']:.0f} GB/s, L2 {l2 / 2**20:.0f} MiB")
+    else:
+        l2 = llc_bytes()
+        rates["llc_bytes"] = l2
+        with torch.inference_mode():
+            rates["read_gbps"], rates["read_bytes"] = read_bandwidth(l2, dry_run=dry_run)
+        progress(f"memory read ({torch.get_num_threads()} threads, {rates['read_bytes'] / 2**20:.0f} MiB): "
+                 f"{rates['read_gbps']:.1f} GB/s, last-level cache {l2 / 2**20:.0f} MiB")
+    return rates
+
+
 def _set_bytes(w) -> int:
     return sum(t.numel() * t.element_size() for t in (w.x, w.y, w.v, w.lora_a, w.lora_b))
 
@@ -179,60 +200,8 @@ def _run_case(case, device, ops, repeat, warmup, dry_run, l2, ref_gbps, extra, c
     cands, skipped = baseline_candidates(case, device)
     if extra:
         cands.update(extra)
-    rejected: dict[str, str] = {}
-    errs: dict[str, float] = {}
-
-    ours = ours_candidate(case, ops)
-    err, tol = check_candidate(ours, w, expected)
-    if not err <= tol:
-        raise CorrectnessError(
-            f"{case.name}: our op differs from the float64 reference: relative error of the "
-            f"update {err:.3g} > tolerance {tol:.3g}"
-        )
-    our_err = err
-    for name, fn in list(cands.items()):
-        try:
-            e, t = check_candidate(fn, w, expected)
-        except Exception as exc:  # e.g. grouped_mm without a kernel for this dtype / GPU
-            skipped[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
-            del cands[name]
-            continue
-        errs[name] = e
-        if not e <= t:
-            rejected[name] = f"relative error {e:.3g} > tolerance {t:.3g}"
-            del cands[name]
-    _sync(device)
-
-    timing: dict[str, str] = {}
-    stats: dict[str, dict] = {}
     nbytes = min_bytes(case)
-    if device == "cuda":
-        rotate = _rotation(nbytes, l2, dry_run)
-        sets = [w] + [w.with_fresh_buffers(_gen(device, seed + 7 + k)) for k in range(rotate - 1)]
-        stats["ours"], _, timing["ours"] = _time_cuda(ours, sets, repeat, warmup)
-        for name, fn in cands.items():
-            try:
-                stats[name], _, timing[name] = _time_cuda(fn, sets, repeat, warmup)
-            except Exception as exc:
-                skipped[name] = f"{type(exc).__name__} while timing: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
-    else:
-        # the sets' own bytes (each tensor once) together exceed 2x the LLC
-        rotate = _rotation(_set_bytes(w), l2, dry_run, _set_bytes(w), CPU_ROTATION_MEMORY)
-        sets = [w] + [w.with_fresh_buffers(_gen(device, seed + 7 + k)) for k in range(rotate - 1)]
-        stats = _time_cpu_interleaved({"ours": ours, **cands}, sets, repeat, warmup, cpu_budget_s, skipped)
-        timing = {name: "perf_counter" for name in stats}
-        del sets
-    us = stats["ours"]["median"]
-    base = {k: v for k, v in stats.items() if k != "ours"}
-    base_us = {k: v["median"] for k, v in base.items()}
-    mins = {k: v["min"] for k, v in stats.items()} if device == "cpu" else {}
-    gbps = nbytes / us / 1e3
-    best = min(base_us, key=base_us.get) if base_us else None
-    speedup_range = None
-    if best:
-        speedup_range = [base[best]["q1"] / stats["ours"]["q3"], base[best]["q3"] / stats["ours"]["q1"]]
-    pct = (lambda us_: 100.0 * nbytes / us_ / 1e3 / ref_gbps) if ref_gbps else (lambda us_: None)
-    row = {
+    return {
         "name": case.name,
         "kind": case.kind,
         "op": case.op,
@@ -245,8 +214,92 @@ def _run_case(case, device, ops, repeat, warmup, dry_run, l2, ref_gbps, extra, c
         "H_out": case.H_out,
         "bytes": nbytes,
         "flops": flops(case),
+        **measure(case.name, w, expected, ours_candidate(case, ops), cands, skipped, device, nbytes,
+                  _set_bytes(w), repeat, warmup, dry_run, l2, ref_gbps, cpu_budget_s, seed),
+    }
+
+
+def measure(name: str, w, expected, ours: Callable, cands: dict[str, Callable], skipped: dict[str, str],
+            device: str, nbytes: int, set_bytes: int, repeat: int, warmup: int, dry_run: bool, l2: int,
+            ref_gbps: float | None, cpu_budget_s: float, seed: int) -> dict:
+    """Check ``ours`` and every baseline of ``cands`` on the workload ``w`` against ``expected``
+    (:func:`check_candidate`), then time ours and the correct baselines over input sets rotated
+    past the last-level cache (``w.with_fresh_buffers`` makes the other sets). Returns the
+    row's columns from the timing on (:func:`timing_fields`, the errors, the skipped and
+    rejected baselines, the timing mode, the rotation, on CUDA the same-bytes copy). Raises
+    :class:`CorrectnessError` when ours is wrong; a baseline that raises goes to ``skipped``,
+    a wrong one to ``rejected``."""
+    cands = dict(cands)
+    rejected: dict[str, str] = {}
+    errs: dict[str, float] = {}
+    err, tol = check_candidate(ours, w, expected)
+    if not err <= tol:
+        raise CorrectnessError(
+            f"{name}: our op differs from the float64 reference: relative error of the "
+            f"update {err:.3g} > tolerance {tol:.3g}"
+        )
+    our_err = err
+    for cand, fn in list(cands.items()):
+        try:
+            e, t = check_candidate(fn, w, expected)
+        except Exception as exc:  # e.g. grouped_mm without a kernel for this dtype / GPU
+            skipped[cand] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+            del cands[cand]
+            continue
+        errs[cand] = e
+        if not e <= t:
+            rejected[cand] = f"relative error {e:.3g} > tolerance {t:.3g}"
+            del cands[cand]
+    _sync(device)
+
+    timing: dict[str, str] = {}
+    stats: dict[str, dict] = {}
+    if device == "cuda":
+        rotate = _rotation(nbytes, l2, dry_run)
+        sets = [w] + [w.with_fresh_buffers(_gen(device, seed + 7 + k)) for k in range(rotate - 1)]
+        stats["ours"], _, timing["ours"] = _time_cuda(ours, sets, repeat, warmup)
+        for cand, fn in cands.items():
+            try:
+                stats[cand], _, timing[cand] = _time_cuda(fn, sets, repeat, warmup)
+            except Exception as exc:
+                skipped[cand] = f"{type(exc).__name__} while timing: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+    else:
+        # the sets' own bytes (each tensor once) together exceed 2x the LLC
+        rotate = _rotation(set_bytes, l2, dry_run, set_bytes, CPU_ROTATION_MEMORY)
+        sets = [w] + [w.with_fresh_buffers(_gen(device, seed + 7 + k)) for k in range(rotate - 1)]
+        stats = _time_cpu_interleaved({"ours": ours, **cands}, sets, repeat, warmup, cpu_budget_s, skipped)
+        timing = {cand: "perf_counter" for cand in stats}
+    del sets
+    out = {
+        **timing_fields(stats, nbytes, device, ref_gbps),
+        "rel_err": our_err,
+        "baseline_rel_err": errs,
+        "skipped": skipped,
+        "rejected": rejected,
+        "timing": timing,
+        "rotate": rotate,
+    }
+    if device == "cuda":
+        out["copy_us"] = _copy_us(nbytes, repeat, warmup, l2, dry_run)
+    return out
+
+
+def timing_fields(stats: dict[str, dict], nbytes: int, device: str, ref_gbps: float | None) -> dict:
+    """The timing columns of a row from the candidates' statistics ({name: summarize(...)},
+    "ours" among them): µs, GB/s, % of the reference rate (the copy on CUDA, the memory read
+    on CPU), the baselines, the best one and the speedup, and the spread between runs."""
+    us = stats["ours"]["median"]
+    base = {k: v for k, v in stats.items() if k != "ours"}
+    base_us = {k: v["median"] for k, v in base.items()}
+    mins = {k: v["min"] for k, v in stats.items()} if device == "cpu" else {}
+    best = min(base_us, key=base_us.get) if base_us else None
+    speedup_range = None
+    if best:
+        speedup_range = [base[best]["q1"] / stats["ours"]["q3"], base[best]["q3"] / stats["ours"]["q1"]]
+    pct = (lambda us_: 100.0 * nbytes / us_ / 1e3 / ref_gbps) if ref_gbps else (lambda us_: None)
+    return {
         "us": us,
-        "gbps": gbps,
+        "gbps": nbytes / us / 1e3,
         "pct_copy": pct(us) if device == "cuda" else None,
         # CPU: GB/s as a percentage of the memory read rate measured in the same run
         "pct_read": pct(us) if device == "cpu" else None,
@@ -271,16 +324,7 @@ def _run_case(case, device, ops, repeat, warmup, dry_run, l2, ref_gbps, extra, c
         "baselines_min": {k: v for k, v in mins.items() if k != "ours"} or None,
         "speedup_min": (min(v for k, v in mins.items() if k != "ours") / mins["ours"])
                        if len(mins) > 1 else None,
-        "rel_err": our_err,
-        "baseline_rel_err": errs,
-        "skipped": skipped,
-        "rejected": rejected,
-        "timing": timing,
-        "rotate": rotate,
     }
-    if device == "cuda":
-        row["copy_us"] = _copy_us(nbytes, repeat, warmup, l2, dry_run)
-    return row
 
 
 def _gen(device: str, seed: int) -> torch.Generator:

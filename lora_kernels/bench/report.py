@@ -6,7 +6,7 @@ import json
 import math
 import os
 
-BASELINE_ORDER = ("sorted_mm", "gather_bmm", "peft_loop", "mm", "grouped_mm")
+BASELINE_ORDER = ("add_lora_per_slice", "sorted_mm", "gather_bmm", "peft_loop", "mm", "grouped_mm", "reference")
 
 
 def _speedup_cell(r: dict) -> str:
@@ -186,6 +186,45 @@ def format_summary(result: dict) -> str:
              + (" [DRY RUN: not a measurement]" if result.get("dry_run") else ""),
              fmt(head), fmt(["-" * w for w in widths]), *(fmt(c) for c in body), census,
              *[note for note in (spread_note(result),) if note], format_targets(result)]
+    if result.get("slices"):
+        lines += ["", format_slices_summary(result["slices"])]
+    return "\n".join(lines)
+
+
+SLICES_TITLE = "add_lora_slices on Llama-3-8B's qkv / gate_up against vLLM-style baselines"
+
+
+def format_slices_summary(slices: dict) -> str:
+    """The short table of the ``add_lora_slices`` rows (:mod:`.slices`): every candidate's µs,
+    the speedup over the best baseline, GB/s and, on CUDA, the % of the copy rate."""
+    rows = slices["rows"]
+    names = [b for b in BASELINE_ORDER if any(b in r["baselines"] or b in r["skipped"] for r in rows)]
+    names += sorted({b for r in rows for b in r["baselines"]} - set(names))
+    cuda = slices.get("device_type") == "cuda"
+    head = ["case", "ours us", *(f"{b} us" for b in names), "speedup", "GB/s"] + (["% copy"] if cuda else [])
+    body = []
+    for r in rows:
+        cells = [r["name"].replace(" add_lora_slices", ""), f"{r['us']:.1f}"]
+        cells += [f"{r['baselines'][b]:.1f}" if b in r["baselines"] else
+                  ("WRONG" if b in r["rejected"] else ("skip" if b in r["skipped"] else "-")) for b in names]
+        cells += [_speedup_cell(r), f"{r['gbps']:.1f}"]
+        if cuda:
+            cells.append(f"{r['pct_copy']:.0f}%" if r.get("pct_copy") is not None else "-")
+        body.append(cells)
+    widths = [max([len(h)] + [len(c[i]) for c in body]) for i, h in enumerate(head)]
+    fmt = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                                  for i, (c, w) in enumerate(zip(cells, widths)))
+    census = (f"{len(rows)} add_lora_slices cases measured, {len(slices.get('not_run', []))} not run "
+              f"(time budget), {len(slices.get('errors', []))} failed")
+    judged = [r["speedup"] for r in rows if r["speedup"]]
+    if judged:
+        census += f"; speedup over the best baseline: min {min(judged):.2f}x, max {max(judged):.2f}x"
+    notes = sorted({f"{b}: {why}" for r in rows for b, why in r["skipped"].items()})
+    lines = [SLICES_TITLE + (" [DRY RUN: not a measurement]" if slices.get("dry_run") else ""),
+             fmt(head), fmt(["-" * w for w in widths]), *(fmt(c) for c in body), census,
+             *[note for note in (spread_note(slices),) if note], *(f"skipped: {n}" for n in notes[:4])]
+    for e in slices.get("errors", []):
+        lines.append(f"FAILED: {e['name']}: {e['error'].splitlines()[0][:200]}")
     return "\n".join(lines)
 
 

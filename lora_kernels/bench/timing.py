@@ -129,7 +129,8 @@ def _time_cpu_interleaved(fns: dict[str, Callable], sets: list[Workload], reps: 
 def _time_cuda(fn: Callable, sets: list, reps: int, warmup: int,
                target_s: float = 0.03) -> tuple[dict, int, str]:
     """(:func:`summarize` of the µs per call, replays, mode): CUDA events around replays of a
-    graph that runs fn over every rotated input set once (eager launches when capture fails).
+    graph that runs fn over every rotated input set once (eager launches when capture fails, or
+    without trying when ``fn.graph_safe`` is False).
     ``reps`` is the most replays timed; fewer (at least 5) when one replay is long, so each
     candidate costs ~``target_s``."""
     side = torch.cuda.Stream()
@@ -140,9 +141,11 @@ def _time_cuda(fn: Callable, sets: list, reps: int, warmup: int,
                 fn(w)
     torch.cuda.current_stream().wait_stream(side)
     torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
+    graph = torch.cuda.CUDAGraph() if getattr(fn, "graph_safe", True) else None
     mode = "graph"
     try:
+        if graph is None:  # the candidate says it syncs the host (e.g. torch.nonzero): no capture
+            raise RuntimeError("not capturable")
         with torch.cuda.graph(graph):
             for w in sets:
                 fn(w)

@@ -56,30 +56,38 @@ def _random_tensors(case: Case, device: torch.device, gen: torch.Generator) -> d
     )
 
 
+def token_slots(kind: str, T: int, n: int, seed: int = 0) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """The slot of every token of a benchmark batch, on the host: (slots [T], seg_indptr
+    [S+1] int32 or None, seg_adapter [S] or None). ``decode``: ``arange(T) % n`` in a random
+    order (every adapter gets T/n tokens, unsorted); ``prefill``: ``n`` equal segments, adapters
+    in a random order. The same ``seed`` gives the same batch."""
+    host = torch.Generator()
+    host.manual_seed(seed + 1)
+    if kind == "decode":
+        slots = torch.arange(T) % n
+        return slots[torch.randperm(T, generator=host)], None, None
+    if kind == "prefill":
+        bounds = [(T * s) // n for s in range(n + 1)]
+        seg_adapter = torch.randperm(n, generator=host)
+        seg_indptr = torch.tensor(bounds, dtype=torch.int32)
+        return ref.segments_to_indices(seg_indptr, seg_adapter), seg_indptr, seg_adapter
+    raise ValueError(f"unknown kind {kind!r}")
+
+
 def make_workload(case: Case, device: str | torch.device, seed: int = 0) -> Workload:
     """Random data for ``case``: decode tokens spread evenly over the ``n`` adapters in a
     random (unsorted) order; prefill ``n`` equal segments, adapters in a random order."""
     device = torch.device(device)
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
-    host = torch.Generator()
-    host.manual_seed(seed + 1)
     T, N = case.T, case.n
     if N < 1 or N > max(T, 1):
         raise ValueError(f"{case.name}: need 1 <= n <= T, got n={N}, T={T}")
+    slots, seg_indptr_h, seg_adapter_h = token_slots(case.kind, T, N, seed)
     seg_indptr = seg_adapter = None
-    if case.kind == "decode":
-        slots = torch.arange(T) % N
-        slots = slots[torch.randperm(T, generator=host)]
-    elif case.kind == "prefill":
-        bounds = [(T * s) // N for s in range(N + 1)]
-        seg_adapter_h = torch.randperm(N, generator=host)
-        seg_indptr_h = torch.tensor(bounds, dtype=torch.int32)
-        slots = ref.segments_to_indices(seg_indptr_h, seg_adapter_h)
+    if seg_indptr_h is not None:
         seg_indptr = seg_indptr_h.to(device)
         seg_adapter = seg_adapter_h.to(torch.int32).to(device)
-    else:
-        raise ValueError(f"unknown kind {case.kind!r}")
     tensors = _random_tensors(case, device, gen)
     w = Workload(case, **tensors,
                  ranks=torch.full((N,), case.r, dtype=torch.int32, device=device),
