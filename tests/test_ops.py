@@ -39,6 +39,7 @@ SHAPES = per_device({
         **SHARED_SHAPES,
         "prefill": (1000, 256, 384, 6, 64),
         "rank-128": (20, 128, 160, 3, 128),
+        "T=70000": (70000, 24, 16, 5, 4),  # the device plan at large T: > 65535 tokens, groups on grid.x
     },
 })
 

@@ -25,6 +25,21 @@ inline unsigned ceil_div(int64_t a, int64_t b) { return static_cast<unsigned>((a
 
 constexpr int64_t kMaxGridY = 65535;
 
+// Whether map.plan was built (launch_build_plan) for this map's T and for N slots: the grouping
+// kernels read it and would go out of bounds on another one.
+inline bool plan_ready(const TokenMap& map, int64_t num_slots) {
+  const GroupPlan& g = map.plan;
+  return g.slot_start && g.rows_by_slot && g.slot_at && g.num_tokens == map.num_tokens && g.num_slots == num_slots;
+}
+
+// plan_ready for every slice (all share the token map and N in add_lora_slices).
+template <typename Params>
+bool plans_ready(const Params* slices, int64_t n) {
+  for (int64_t i = 0; i < n; ++i)
+    if (!plan_ready(slices[i].map, slices[i].num_slots)) return false;
+  return true;
+}
+
 // Runs `launch(batch, blocks)` for consecutive chunks of the n slices: at most Batch's slice
 // capacity each, and (unless one slice alone needs more) at most kMaxGridY folded block columns.
 // blocks_of(slice) is the slice's block columns, vectorized_of(slice) its vector-path choice.

@@ -18,7 +18,8 @@ bool expand_vectorized(const ExpandParams& p) {
 
 cudaError_t launch_expand(const ExpandParams& p, cudaStream_t stream) {
   if (p.map.num_tokens == 0 || p.max_rank == 0 || p.h_out == 0) return cudaSuccess;
-  const dim3 grid(static_cast<unsigned>(p.map.num_tokens), detail::ceil_div(p.h_out, detail::kThreads));
+  if (!detail::plan_ready(p.map, p.num_slots)) return cudaErrorInvalidValue;
+  const dim3 grid(static_cast<unsigned>(max_groups(p.map.num_tokens, p.num_slots, kMaxTokens)), detail::ceil_div(p.h_out, detail::kThreads));
   return detail::dispatch_dtype(p.dtype, [&](auto elem) {
     using T = decltype(elem);
     constexpr int kVec = 16 / sizeof(T);
@@ -32,6 +33,7 @@ cudaError_t launch_expand(const ExpandParams& p, cudaStream_t stream) {
 
 cudaError_t launch_expand_slices(const ExpandParams* slices, int64_t n, cudaStream_t stream) {
   if (n <= 0 || slices[0].map.num_tokens == 0) return cudaSuccess;
+  if (!detail::plans_ready(slices, n)) return cudaErrorInvalidValue;
   return detail::dispatch_dtype(slices[0].dtype, [&](auto elem) {
     using T = decltype(elem);
     constexpr int kVec = 16 / sizeof(T);
@@ -43,7 +45,8 @@ cudaError_t launch_expand_slices(const ExpandParams* slices, int64_t n, cudaStre
         },
         [](const ExpandParams& p) { return expand_vectorized<kVec>(p); },  // as launch_expand decides
         [&](const Batch& batch, int64_t blocks) {
-          const dim3 grid(static_cast<unsigned>(slices[0].map.num_tokens), static_cast<unsigned>(blocks));
+          const dim3 grid(static_cast<unsigned>(max_groups(slices[0].map.num_tokens, slices[0].num_slots, kMaxTokens)),
+                          static_cast<unsigned>(blocks));
           LK_LAUNCH(grid, detail::kThreads, 0, stream, detail::expand_slices_kernel<T, kVec, kMaxTokens>)(batch);
           return cudaGetLastError();
         });

@@ -19,7 +19,8 @@ bool shrink_vectorized(const ShrinkParams& p) {
 
 cudaError_t launch_shrink(const ShrinkParams& p, cudaStream_t stream) {
   if (p.map.num_tokens == 0 || p.max_rank == 0) return cudaSuccess;
-  const dim3 grid(static_cast<unsigned>(p.map.num_tokens), detail::ceil_div(p.max_rank, kRows));
+  if (!detail::plan_ready(p.map, p.num_slots)) return cudaErrorInvalidValue;
+  const dim3 grid(static_cast<unsigned>(max_groups(p.map.num_tokens, p.num_slots, kMaxTokens)), detail::ceil_div(p.max_rank, kRows));
   return detail::dispatch_dtype(p.dtype, [&](auto elem) {
     using T = decltype(elem);
     constexpr int kVec = 16 / sizeof(T);
@@ -33,6 +34,7 @@ cudaError_t launch_shrink(const ShrinkParams& p, cudaStream_t stream) {
 
 cudaError_t launch_shrink_slices(const ShrinkParams* slices, int64_t n, cudaStream_t stream) {
   if (n <= 0 || slices[0].map.num_tokens == 0) return cudaSuccess;
+  if (!detail::plans_ready(slices, n)) return cudaErrorInvalidValue;
   return detail::dispatch_dtype(slices[0].dtype, [&](auto elem) {
     using T = decltype(elem);
     constexpr int kVec = 16 / sizeof(T);
@@ -42,7 +44,8 @@ cudaError_t launch_shrink_slices(const ShrinkParams* slices, int64_t n, cudaStre
         [](const ShrinkParams& p) -> int64_t { return p.max_rank == 0 ? 0 : detail::ceil_div(p.max_rank, kRows); },
         [](const ShrinkParams& p) { return shrink_vectorized<kVec>(p); },  // as launch_shrink decides
         [&](const Batch& batch, int64_t blocks) {
-          const dim3 grid(static_cast<unsigned>(slices[0].map.num_tokens), static_cast<unsigned>(blocks));
+          const dim3 grid(static_cast<unsigned>(max_groups(slices[0].map.num_tokens, slices[0].num_slots, kMaxTokens)),
+                          static_cast<unsigned>(blocks));
           LK_LAUNCH(grid, detail::kThreads, 0, stream, detail::shrink_slices_kernel<T, kVec, kRows, kMaxTokens>)(batch);
           return cudaGetLastError();
         });

@@ -1,7 +1,7 @@
 // The ops, written once over a backend (CPU or CUDA): check every argument and index value
 // first, then run. Nothing is written to y unless every check passed. A backend provides
-// make_plan (the CPU groups tokens by slot once per call; shrink and expand share it) and
-// shrink / expand / embedding_shrink over that plan.
+// make_plan (tokens grouped by slot once per call, on the host for the CPU, by a device kernel
+// for CUDA; shrink and expand share it) and shrink / expand / embedding_shrink over that plan.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -247,7 +247,7 @@ void add_lora_slices_op(const Tensor& y, const Tensor& x, at::TensorList lora_a,
   check_no_overlap(op, y, inputs.args());
   if (Backend::kAlwaysCheckValues || debug_checks_enabled())
     check_slice_values(op, map, indices, seg_indptr, seg_adapter, slice_ranks, max_ranks, num_slots);
-  // One plan (the CPU's grouping of tokens by slot) for every slice and both phases.
+  // One plan (the grouping of tokens by slot) for every slice and both phases.
   Backend::add_lora_slices(shrink, expand, Backend::make_plan(map, num_slots));
 }
 

@@ -1,8 +1,10 @@
 // CUDA registration: launches on the current stream, no host synchronization (index values
-// are checked on the host only under LORA_KERNELS_DEBUG=1; kernels stay in bounds anyway).
+// are checked on the host only under LORA_KERNELS_DEBUG=1; kernels stay in bounds anyway). Each
+// op call first builds the device-side grouping plan (make_plan), then launches the kernels.
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include "lora_kernels/launch.h"
@@ -22,21 +24,52 @@ struct CudaBackend {
         : guard(device.is_cuda() ? std::optional<c10::Device>(device) : std::nullopt) {}
     c10::cuda::OptionalCUDAGuard guard;
   };
-  struct Plan {};  // the kernels map tokens to slots themselves
-  static Plan make_plan(const TokenMap&, int64_t) { return {}; }
-  static void shrink(const ShrinkParams& p, const Plan&) { C10_CUDA_CHECK(cuda::launch_shrink(p, current_stream())); }
-  static void expand(const ExpandParams& p, const Plan&) { C10_CUDA_CHECK(cuda::launch_expand(p, current_stream())); }
-  static void embedding_shrink(const EmbeddingShrinkParams& p, const Plan&) {
+  // The tokens ordered by slot on the device (launch.h launch_build_plan), once per op call:
+  // shrink, expand and every slice read it. The workspace comes from the caching allocator on
+  // the op's device (no sync, graph-safe: freed in stream order when the op returns, after its
+  // launches are enqueued); the plan kernel runs on the current stream before them.
+  struct Plan {
+    at::Tensor workspace;
+    GroupPlan plan;
+  };
+  static Plan make_plan(const TokenMap& map, int64_t num_slots) {
+    Plan out;
+    const size_t bytes = cuda::plan_workspace_bytes(map.num_tokens, num_slots);
+    TORCH_CHECK(bytes > 0, "lora_kernels: the CUDA kernels take at most ", cuda::kMaxPlanTokens,
+                " tokens and ", cuda::kMaxPlanSlots, " adapter slots, got T = ", map.num_tokens, " and N = ",
+                num_slots, ".");
+    out.workspace = at::empty({static_cast<int64_t>(bytes)},
+                              at::TensorOptions().dtype(at::kByte).device(at::kCUDA, c10::cuda::current_device()));
+    C10_CUDA_CHECK(cuda::launch_build_plan(map, num_slots, out.workspace.data_ptr(), bytes, &out.plan,
+                                           current_stream()));
+    return out;
+  }
+  template <typename Params>
+  static Params with_plan(Params p, const Plan& plan) {
+    p.map.plan = plan.plan;
+    return p;
+  }
+  static void shrink(const ShrinkParams& p, const Plan& plan) {
+    C10_CUDA_CHECK(cuda::launch_shrink(with_plan(p, plan), current_stream()));
+  }
+  static void expand(const ExpandParams& p, const Plan& plan) {
+    C10_CUDA_CHECK(cuda::launch_expand(with_plan(p, plan), current_stream()));
+  }
+  static void embedding_shrink(const EmbeddingShrinkParams& p, const Plan&) {  // per token: no plan
     C10_CUDA_CHECK(cuda::launch_embedding_shrink(p, current_stream()));
   }
   // One launch per phase for every slice (up to 8 slices a launch; more go in chunks of 8): each
   // block finds its slice from a folded grid dimension and runs the add_lora kernel body on that
   // slice's params, so each slice is bit-equal to add_lora on its column view. No host sync.
   static void add_lora_slices(const std::vector<ShrinkParams>& sp, const std::vector<ExpandParams>& ep,
-                              const Plan&) {
+                              const Plan& plan) {
     const cudaStream_t stream = current_stream();
-    C10_CUDA_CHECK(cuda::launch_shrink_slices(sp.data(), static_cast<int64_t>(sp.size()), stream));
-    C10_CUDA_CHECK(cuda::launch_expand_slices(ep.data(), static_cast<int64_t>(ep.size()), stream));
+    std::vector<ShrinkParams> s;
+    std::vector<ExpandParams> e;
+    for (const ShrinkParams& p : sp) s.push_back(with_plan(p, plan));
+    for (const ExpandParams& p : ep) e.push_back(with_plan(p, plan));
+    C10_CUDA_CHECK(cuda::launch_shrink_slices(s.data(), static_cast<int64_t>(s.size()), stream));
+    C10_CUDA_CHECK(cuda::launch_expand_slices(e.data(), static_cast<int64_t>(e.size()), stream));
   }
 };
 

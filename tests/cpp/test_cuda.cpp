@@ -34,6 +34,14 @@ static int check(int64_t T, int64_t H_in, int64_t H_out, int64_t N, int64_t R, u
   TokenMap map;
   map.num_tokens = T;
   map.indices = IndexVec{dindices, false, true};
+  // The grouping plan, as a C++ server builds it once per batch (launch.h).
+  const size_t plan_bytes = cuda::plan_workspace_bytes(T, N);
+  void* plan_ws = nullptr;
+  if (cudaMalloc(&plan_ws, plan_bytes) != cudaSuccess ||
+      cuda::launch_build_plan(map, N, plan_ws, plan_bytes, &map.plan, nullptr) != cudaSuccess) {
+    std::printf("FAIL: launch_build_plan: %s\n", cudaGetErrorString(cudaGetLastError()));
+    return 1;
+  }
   const IndexVec ranks{dranks, false, true};
   ShrinkParams sp;
   sp.x = dx, sp.x_stride = H_in, sp.lora_a = da, sp.v = dv, sp.v_stride = R, sp.ranks = ranks;
@@ -54,7 +62,7 @@ static int check(int64_t T, int64_t H_in, int64_t H_out, int64_t N, int64_t R, u
   }
   const double rel = ref > 0 ? std::sqrt(err / ref) : std::sqrt(err);
   for (void* ptr : {(void*)dx, (void*)da, (void*)db, (void*)dbias, (void*)dy, (void*)ds, (void*)dranks,
-                    (void*)dindices, (void*)dv})
+                    (void*)dindices, (void*)dv, plan_ws})
     cudaFree(ptr);
   if (!(rel < 1e-5)) {
     std::printf("FAIL: T=%lld H_in=%lld H_out=%lld relative error %.3g\n", (long long)T, (long long)H_in,

@@ -1,6 +1,6 @@
 // The executor against CUDA's documented semantics, with small kernels of its own: shuffle
-// modes and widths, ballot / any / all, disjoint masks at once, the divergent ballot of
-// find_group, 2-D / 3-D coordinates, garbage-filled __shared__, atomicAdd, shuffled block and
+// modes and widths, ballot / any / all, disjoint masks at once, a divergent ballot (one warp
+// while the others wait at a barrier), 2-D / 3-D coordinates, garbage-filled __shared__, atomicAdd, shuffled block and
 // thread order, and the failures it must report: a lane that exited, a lane at __syncthreads,
 // a mask without the caller's lane, lanes at different collectives, dynamic shared memory.
 // Compiled like a kernel file (simt.h force-included, -DLK_SIMT), launched through LK_LAUNCH.

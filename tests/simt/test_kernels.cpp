@@ -82,6 +82,7 @@ struct Spec {
   bool one_slot = false;      // every token on slot 0: many leader groups of one adapter
   bool sorted = false;        // indices sorted (else random order)
   bool bf16_only = false;  // a large shape: run it in the serving dtype only
+  bool reorder = false;    // rerun on a second plan (another row order inside each slot): bit-equal
 };
 
 struct Result {
@@ -115,6 +116,66 @@ int64_t eff_rank(const std::vector<int64_t>& ranks, bool given, int64_t slot, in
   if (slot < 0 || slot >= N) return 0;
   if (!given) return R;
   return std::min(std::max<int64_t>(ranks[slot], 0), R);
+}
+
+// The device plan of a token map (cuda::launch_build_plan) in an exactly-sized workspace that
+// starts as 0xff bytes (-1 in every int32: a position the plan kernel never writes shows), then
+// checked against the test's own slot of each token: every token with a slot in [0, N) exactly
+// once, in its slot's bucket; every other token (-1, out of range, outside every segment) in
+// bucket N, and nowhere else; each group list holds exactly the first positions of the groups.
+struct PlanBuf {
+  std::unique_ptr<Buf<unsigned char>> ws;
+  GroupPlan plan;
+};
+
+bool make_plan(TokenMap& map, int64_t N, const std::vector<int64_t>& slot_of, PlanBuf& out, Result& res) {
+  const int64_t T_ = map.num_tokens;
+  const size_t bytes = cuda::plan_workspace_bytes(T_, N);
+  out.ws = std::make_unique<Buf<unsigned char>>(bytes);
+  std::memset(out.ws->p, 0xff, bytes);
+  res.check(cuda::launch_build_plan(map, N, out.ws->p, bytes, &out.plan, nullptr) == cudaSuccess,
+            "launch_build_plan reported an error");
+  if (!res.ok) return false;
+  map.plan = out.plan;
+  const GroupPlan& g = out.plan;
+  const auto bucket = [&](int64_t t) { return slot_of[t] >= 0 && slot_of[t] < N ? slot_of[t] : N; };
+  std::vector<int64_t> count(N + 1, 0);
+  for (int64_t t = 0; t < T_; ++t) ++count[bucket(t)];
+  res.check(g.num_tokens == T_ && g.num_slots == N, "the plan does not record the T and N it was built for");
+  res.check(g.slot_start[0] == 0 && g.slot_start[N + 1] == T_,
+            "plan: slot_start[0] = " + std::to_string(g.slot_start[0]) + ", slot_start[N + 1] = " +
+                std::to_string(g.slot_start[N + 1]) + ", expected 0 and T = " + std::to_string(T_));
+  std::vector<char> seen(T_, 0);
+  for (int64_t b = 0; b <= N && res.ok; ++b) {
+    const int64_t begin = g.slot_start[b], end = g.slot_start[b + 1];
+    res.check(end - begin == count[b], "plan: bucket " + std::to_string(b) + " holds " + std::to_string(end - begin) +
+                                           " positions, expected its " + std::to_string(count[b]) + " tokens");
+    for (int64_t p = begin; p < end && res.ok; ++p) {
+      const int64_t t = g.rows_by_slot[p];
+      res.check(g.slot_at[p] == b, "plan: slot_at[" + std::to_string(p) + "] = " + std::to_string(g.slot_at[p]) +
+                                       ", expected its bucket " + std::to_string(b));
+      res.check(t >= 0 && t < T_ && !seen[t] && bucket(t) == b,
+                "plan: position " + std::to_string(p) + " of bucket " + std::to_string(b) + " holds row " +
+                    std::to_string(t) + " (out of range, seen before, or of another bucket)");
+      if (res.ok) seen[t] = 1;
+    }
+  }
+  // Per group size: every G-th position of each bucket from its start, bucket after bucket.
+  for (int i = 0; i < cuda::tiles::kNumPlanGroupSizes && res.ok; ++i) {
+    const int64_t G = cuda::tiles::kPlanGroupSizes[i];
+    std::vector<int64_t> want;
+    for (int64_t b = 0; b <= N; ++b)
+      for (int64_t p = g.slot_start[b]; p < g.slot_start[b + 1]; p += G) want.push_back(p);
+    const int64_t n = static_cast<int64_t>(want.size());
+    res.check(g.groups[i][0] == n && n <= max_groups(T_, N, G),
+              "plan: " + std::to_string(g.groups[i][0]) + " groups of " + std::to_string(G) + " listed, expected " +
+                  std::to_string(n) + " (at most max_groups = " + std::to_string(max_groups(T_, N, G)) + ")");
+    for (int64_t k = 0; k < n && res.ok; ++k)
+      res.check(g.groups[i][1 + k] == want[k], "plan: group " + std::to_string(k) + " of " + std::to_string(G) +
+                                                   " starts at " + std::to_string(g.groups[i][1 + k]) +
+                                                   ", expected position " + std::to_string(want[k]));
+  }
+  return res.ok;
 }
 
 // ||d - d_ref|| / ||d_ref||, less the one rounding of y for low-precision y (DESIGN §6).
@@ -200,6 +261,8 @@ Result run_linear(const Spec& s, bool segments, uint32_t seed, bool* vectorized)
     map.indices = idx.vec();
   }
   const IndexVec rvec = s.ranks ? rk.vec() : IndexVec{};
+  PlanBuf plan;
+  if (!make_plan(map, N, slot_of, plan, res)) return res;
 
   // Reference v and update.
   std::vector<double> v_ref(T_ * R, 0.0), d_ref(T_ * Ho, 0.0);
@@ -274,7 +337,30 @@ Result run_linear(const Spec& s, bool segments, uint32_t seed, bool* vectorized)
     if (!in_view[i]) res.check(std::memcmp(&y.p[i], &y_in[i], sizeof(T)) == 0, "y changed outside the [T, H_out] view");
   const double y_err = update_error(err2, ref2, yref2, Ty::kEps);
   res.check(y_err < Ty::kTol, "expand: relative update error " + fmt("%.3g", y_err) + " >= " + fmt("%g", Ty::kTol));
-  res.why = res.ok ? "v err " + fmt("%.2g", v_err) + ", y err " + fmt("%.2g", y_err) : res.why;
+  if (s.reorder && res.ok) {
+    // A second plan: the executor's thread order has moved on, so the atomic scatter orders the
+    // rows inside each slot differently (checked), and v and y must still be bit-equal.
+    TokenMap map2 = map;
+    PlanBuf plan2;
+    if (!make_plan(map2, N, slot_of, plan2, res)) return res;
+    res.check(std::memcmp(plan.plan.rows_by_slot, plan2.plan.rows_by_slot, T_ * sizeof(int32_t)) != 0,
+              "two plan builds ordered the rows alike: this case cannot show that the order does not matter");
+    Buf<Acc> v2(T_ * R);
+    for (size_t i = 0; i < v2.n; ++i) v2.p[i] = static_cast<Acc>(nan);
+    Buf<T> y2(y.n);
+    std::memcpy(y2.p, y_in.data(), y.n * sizeof(T));
+    ShrinkParams sp2 = sp;
+    sp2.v = v2.p, sp2.map = map2;
+    ExpandParams ep2 = ep;
+    ep2.y = y2.p + s.y_off, ep2.v = v2.p, ep2.map = map2;
+    if (res.ok) res.check(cuda::launch_shrink(sp2, nullptr) == cudaSuccess && cuda::launch_expand(ep2, nullptr) == cudaSuccess,
+                          "a launch on the second plan reported an error");
+    if (res.ok) res.check(std::memcmp(v.p, v2.p, v.n * sizeof(Acc)) == 0, "v differs bitwise under another plan order");
+    if (res.ok) res.check(std::memcmp(y.p, y2.p, y.n * sizeof(T)) == 0, "y differs bitwise under another plan order");
+  }
+  res.why = res.ok ? "v err " + fmt("%.2g", v_err) + ", y err " + fmt("%.2g", y_err) +
+                         (s.reorder ? ", bit-equal under a second plan order" : "")
+                   : res.why;
   return res;
 }
 
@@ -312,6 +398,8 @@ Result run_embedding(const Spec& s, uint32_t seed) {
   const Ints idx(indices, false), tok(tokens, true), rk(ranks, false);
   TokenMap map;
   map.num_tokens = T_, map.indices = idx.vec();
+  PlanBuf plan;  // the expand groups tokens; the embedding shrink is per token
+  if (!make_plan(map, N, indices, plan, res)) return res;
   Buf<Acc> v(T_ * R);
   for (size_t i = 0; i < v.n; ++i) v.p[i] = static_cast<Acc>(nan);
   EmbeddingShrinkParams sp;
@@ -348,6 +436,86 @@ Result run_embedding(const Spec& s, uint32_t seed) {
   const double y_err = update_error(err2, ref2, yref2, Ty::kEps);
   res.check(y_err < Ty::kTol, "embedding: relative update error " + fmt("%.3g", y_err) + " >= " + fmt("%g", Ty::kTol));
   res.why = res.ok ? "y err " + fmt("%.2g", y_err) : res.why;
+  return res;
+}
+
+// The plan alone at large T (past 65535, the old grid.x bound of older GPUs; the kernels launch
+// T blocks on grid.x, which allows 2^31 - 1): indices in int32 / int64 with -1 and out-of-range
+// slots, or segments (some empty, one out of range, tokens past the last segment).
+Result run_plan_large(int64_t T_, int64_t N, bool idx64, bool segments, uint32_t seed) {
+  Result res;
+  std::mt19937_64 gen(seed);
+  auto uniform = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(gen); };
+  std::vector<int64_t> indices(T_), indptr{0, 0, T_ / 3, T_ / 2, T_ - 17}, seg_adapter{2, 1000, 0, N - 1};
+  for (auto& i : indices) i = uniform(-1, N - 1);
+  indices[7] = 1000, indices[11] = -7, indices[T_ - 1] = N;
+  std::vector<int64_t> slot_of(indices);
+  if (segments) {
+    std::fill(slot_of.begin(), slot_of.end(), -1);  // the last 17 tokens lie past every segment
+    for (size_t seg = 0; seg < seg_adapter.size(); ++seg)
+      for (int64_t t = indptr[seg]; t < indptr[seg + 1]; ++t) slot_of[t] = seg_adapter[seg];
+  }
+  const Ints idx(indices, idx64), ptr(indptr, idx64), sad(seg_adapter, idx64);
+  TokenMap map;
+  map.num_tokens = T_;
+  if (segments) map.seg_indptr = ptr.vec(), map.seg_adapter = sad.vec(), map.num_segments = 4;
+  else map.indices = idx.vec();
+  PlanBuf plan;
+  make_plan(map, N, slot_of, plan, res);
+  if (res.ok) res.why = "every token once, in its slot's bucket";
+  return res;
+}
+
+// The plan API's contract: what launch_build_plan refuses, and launchers whose map has no plan
+// or one built for another T or N: each cudaErrorInvalidValue, with nothing launched.
+Result run_plan_contract() {
+  Result res;
+  const int64_t T_ = 5, N = 3;
+  const std::vector<int64_t> indices{0, 2, -1, 1, 0};
+  const Ints idx(indices, false);
+  TokenMap map;
+  map.num_tokens = T_, map.indices = idx.vec();
+  const size_t bytes = cuda::plan_workspace_bytes(T_, N);
+  res.check(bytes >= (2 * T_ + 2 * N + 3) * sizeof(int32_t), "plan_workspace_bytes(5, 3) = " + std::to_string(bytes));
+  res.check(cuda::plan_workspace_bytes(-1, N) == 0 && cuda::plan_workspace_bytes(T_, -1) == 0 &&
+                cuda::plan_workspace_bytes(cuda::kMaxPlanTokens + 1, N) == 0,
+            "plan_workspace_bytes of a negative or too large size is not 0");
+  Buf<unsigned char> ws(bytes);
+  GroupPlan plan;
+  res.check(cuda::launch_build_plan(map, N, ws.p, bytes - 1, &plan, nullptr) == cudaErrorInvalidValue,
+            "launch_build_plan took a workspace one byte short");
+  res.check(cuda::launch_build_plan(map, N, nullptr, bytes, &plan, nullptr) == cudaErrorInvalidValue,
+            "launch_build_plan took a null workspace");
+  res.check(cuda::launch_build_plan(map, N, ws.p + 4, bytes, &plan, nullptr) == cudaErrorInvalidValue,
+            "launch_build_plan took a workspace that is not 16-byte aligned");
+  // Launchers: no plan, then a plan of another T, then of another N. v and y must stay untouched.
+  Buf<float> x(T_ * 8), a(N * 4 * 8), b(N * 8 * 4), v(T_ * 4), y(T_ * 8), scaling(N);
+  std::memset(v.p, 0x7f, v.n * sizeof(float));
+  std::memset(y.p, 0x7f, y.n * sizeof(float));
+  ShrinkParams sp;
+  sp.x = x.p, sp.x_stride = 8, sp.lora_a = a.p, sp.v = v.p, sp.v_stride = 4, sp.num_slots = N, sp.max_rank = 4;
+  sp.h_in = 8, sp.dtype = DType::kFloat32, sp.map = map;
+  ExpandParams ep;
+  ep.y = y.p, ep.y_stride = 8, ep.v = v.p, ep.v_stride = 4, ep.lora_b = b.p, ep.scaling = scaling.p;
+  ep.num_slots = N, ep.max_rank = 4, ep.h_out = 8, ep.dtype = DType::kFloat32, ep.map = map;
+  const auto refused = [&](const std::string& what) {
+    res.check(cuda::launch_shrink(sp, nullptr) == cudaErrorInvalidValue, "launch_shrink ran " + what);
+    res.check(cuda::launch_expand(ep, nullptr) == cudaErrorInvalidValue, "launch_expand ran " + what);
+    res.check(cuda::launch_shrink_slices(&sp, 1, nullptr) == cudaErrorInvalidValue, "launch_shrink_slices ran " + what);
+    res.check(cuda::launch_expand_slices(&ep, 1, nullptr) == cudaErrorInvalidValue, "launch_expand_slices ran " + what);
+  };
+  refused("without a plan");
+  TokenMap shorter = map;
+  shorter.num_tokens = T_ - 1;
+  res.check(cuda::launch_build_plan(shorter, N, ws.p, bytes, &plan, nullptr) == cudaSuccess, "launch_build_plan failed");
+  sp.map.plan = ep.map.plan = plan;
+  refused("with a plan built for T - 1 tokens");
+  res.check(cuda::launch_build_plan(map, N - 1, ws.p, bytes, &plan, nullptr) == cudaSuccess, "launch_build_plan failed");
+  sp.map.plan = ep.map.plan = plan;
+  refused("with a plan built for N - 1 slots");
+  for (size_t i = 0; i < v.n; ++i) res.check(v.p[i] > 1e38f, "v was written");
+  for (size_t i = 0; i < y.n; ++i) res.check(y.p[i] > 1e38f, "y was written");
+  if (res.ok) res.why = "short, null or misaligned workspace and missing or mismatched plans refused";
   return res;
 }
 
@@ -399,6 +567,8 @@ Result run_slices(const SliceSpec& s, bool segments, uint32_t seed) {
   map.num_tokens = T_;
   if (segments) map.seg_indptr = ptr.vec(), map.seg_adapter = sad.vec(), map.num_segments = S;
   else map.indices = idx.vec();
+  PlanBuf plan;  // one plan for every slice and both phases, as the op builds it
+  if (!make_plan(map, N, slot_of, plan, res)) return res;
 
   // x and y (y: every slice's columns side by side, row-strided).
   int64_t Ho_total = 0;
@@ -587,6 +757,9 @@ std::vector<Spec> linear_specs(bool quick) {
       {"sorted, many segments", 64, 48, 24, 5, 4},
       {"out-of-range slots and ranks", 40, 67, 33, 4, 6},
       {"decode-64 (a GPU test shape)", 64, 4096, 4096, 64, 16},
+      {"T=3000 five adapters, -1 and out-of-range slots", 3000, 24, 20, 5, 4},
+      {"N=0 (no adapter for any token)", 10, 8, 8, 0, 2},
+      {"N=5000 (plan counts in global memory)", 200, 8, 8, 5000, 2},
   };
   all[6].idx64 = true;
   all[8].one_slot = true;
@@ -596,6 +769,8 @@ std::vector<Spec> linear_specs(bool quick) {
   all[13].sorted = true, all[13].S = 12;
   all[14].out_of_range = true;
   all[15].bf16_only = true;
+  all[16].out_of_range = true, all[16].reorder = true;
+  all[8].reorder = true;
   if (!quick) return all;
   return {all[14], all[4]};  // for the planted bugs: what catches each one first
 }
@@ -654,6 +829,18 @@ int main(int argc, char** argv) {
         go = report(name + (vec ? " [vector]" : " [scalar]"), r, secs);
       });
     }
+  }
+  if (!quick) {
+    const auto plan_case = [&](const std::string& name, auto&& fn) {
+      ++seed;
+      if (!go || (!only.empty() && name.find(only) == std::string::npos)) return;
+      auto [r, secs] = timed(fn);
+      go = report(name, r, secs);
+    };
+    plan_case("plan contract", [&] { return run_plan_contract(); });
+    plan_case("plan T=100000 int32 indices", [&] { return run_plan_large(100000, 7, false, false, seed); });
+    plan_case("plan T=100000 int64 indices", [&] { return run_plan_large(100000, 7, true, false, seed); });
+    plan_case("plan T=100000 segments", [&] { return run_plan_large(100000, 7, false, true, seed); });
   }
   const Spec emb[] = {{"embedding", 23, 57, 41, 4, 8}, {"embedding out-of-range ids", 16, 30, 20, 3, 4}};
   for (const Spec& s : emb) {

@@ -1,11 +1,14 @@
 // Header-only, torch-free CUDA kernels for the multi-LoRA shrink / expand (DESIGN §1, §4).
 //
-// Grouping without a sort and without host synchronization: block x of the grid stands for
-// token position `pos`. It leads a group when it is the (k * kMaxTokens)-th occurrence of its
-// slot (per-token indices) or of its segment (segments); the group is that token and the next
-// kMaxTokens - 1 tokens with the same slot. Blocks that lead nothing exit at once. Each group
-// streams its adapter's weights once for all of its tokens, with 16-byte loads when the
-// alignment allows, accumulating in fp32 (fp64 for fp64 data).
+// Grouping without a host sync and without scanning the indices per block: before the shrink,
+// one small kernel (plan.cu, launch_build_plan) orders the tokens by slot on the device and
+// lists the groups of at most G tokens of one slot (params.h GroupPlan); the shrink, the expand
+// and every slice of add_lora_slices read that one plan. Block x of a grouping kernel runs group
+// x (find_group: O(1), a few loads), on a grid of max_groups(T, N, G) <= T blocks, so no block
+// waits on a scan and few exit empty. Each group streams its adapter's weights once for all of
+// its tokens, with 16-byte loads when the alignment allows, accumulating in fp32 (fp64 for fp64
+// data). Tokens without an adapter form groups of the slot -1: the shrink writes their v rows
+// as 0, the expand leaves their y rows alone.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -68,94 +71,68 @@ __device__ __forceinline__ Acc warp_sum(Acc v) {
   return v;
 }
 
-// Sum over the block, returned to every thread.
-__device__ __forceinline__ int64_t block_sum(int64_t v, int64_t* scratch /* [kWarps] */) {
-  v = warp_sum(v);
-  if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = v;
-  __syncthreads();
-  int64_t total = 0;
-#pragma unroll
-  for (int w = 0; w < kWarps; ++w) total += scratch[w];
-  __syncthreads();
-  return total;
-}
-
 template <int kMaxTokens>
 struct TokenGroup {
   int64_t rows[kMaxTokens];  // token rows of x / v / y
-  int64_t slot;
-  int count;  // 0: this block leads no group
+  int64_t slot;              // -1 for the bucket of tokens without an adapter
+  int count;                 // 0: this block leads no group
 };
 
-// Block-wide: fills `g` with the group led by token position `pos` (count 0 if none).
-template <int kMaxTokens>
-__device__ void find_group(const TokenMap& map, int64_t pos, TokenGroup<kMaxTokens>& g,
-                           int64_t* scratch) {
-  const int tid = threadIdx.x;
-  const int64_t T = map.num_tokens;
-  if (map.indices.present()) {
-    const int64_t slot = map.indices[pos];
-    int64_t before = 0;
-    for (int64_t s = tid; s < pos; s += kThreads) before += (map.indices[s] == slot);
-    before = block_sum(before, scratch);
-    if (before % kMaxTokens != 0) return;  // uniform: not a leader (g.count is not read)
-    if (tid < 32) {
-      int n = 0;
-      for (int64_t base = pos; base < T && n < kMaxTokens; base += 32) {
-        const int64_t s = base + tid;
-        const bool match = s < T && map.indices[s] == slot;
-        const unsigned mask = __ballot_sync(0xffffffffu, match);
-        const int rank = n + __popc(mask & ((1u << tid) - 1u));
-        if (match && rank < kMaxTokens) g.rows[rank] = s;
-        n += __popc(mask);
-      }
-      if (tid == 0) {
-        g.count = n < kMaxTokens ? n : kMaxTokens;
-        g.slot = slot;
-      }
-    }
-  } else if (tid == 0) {
-    // Last segment s with seg_indptr[s] <= pos (empty segments before it are skipped).
+// Block-wide (every thread calls it): fills `g` with group number `group` of map.plan for group
+// size G (G must be in tiles::kPlanGroupSizes): the tokens at sorted positions
+// [first, first + min(G, end - first)) of one bucket (a slot, or the no-adapter bucket with
+// slot -1), first a multiple of G past the bucket's start. g.count is 0 when there is no such
+// group (group >= the plan's number of groups), so a grid of any size works; the launchers use
+// max_groups(T, N, G) <= T blocks. O(1) per block: three dependent loads, then the rows. Every
+// thread sees g after the call.
+template <int G>
+__device__ void find_group(const TokenMap& map, int64_t group, TokenGroup<G>& g) {
+  constexpr int kSize = tiles::plan_group_index(G);
+  static_assert(kSize >= 0, "find_group<G>: add G to tiles::kPlanGroupSizes so that the plan lists its groups");
+  const GroupPlan& plan = map.plan;
+  if (threadIdx.x == 0) {
+    const int32_t* groups = plan.groups[kSize];
     g.count = 0;
-    const int64_t S = map.num_segments;
-    if (S > 0) {
-      int64_t lo = 0, hi = S - 1;
-      while (lo < hi) {
-        const int64_t mid = (lo + hi + 1) / 2;
-        if (map.seg_indptr[mid] <= pos) lo = mid; else hi = mid - 1;
-      }
-      const int64_t start = map.seg_indptr[lo];
-      int64_t end = map.seg_indptr[lo + 1];
-      end = end < T ? end : T;
-      if (start <= pos && pos < end && (pos - start) % kMaxTokens == 0) {
-        const int64_t n = end - pos < kMaxTokens ? end - pos : kMaxTokens;
-        for (int i = 0; i < n; ++i) g.rows[i] = pos + i;
-        g.count = static_cast<int>(n);
-        g.slot = map.seg_adapter[lo];
-      }
+    if (group < groups[0]) {
+      const int32_t first = groups[1 + group];
+      const int32_t b = plan.slot_at[first];
+      const int32_t end = plan.slot_start[b + 1];
+      g.count = end - first < G ? end - first : G;
+      g.slot = b < plan.num_slots ? b : -1;
     }
   }
   __syncthreads();
+  const int n = g.count;
+  if (n > 0) {
+    const int32_t first = plan.groups[kSize][1 + group];
+    for (int i = threadIdx.x; i < n; i += blockDim.x) g.rows[i] = plan.rows_by_slot[first + i];
+  }
+  __syncthreads();
+}
+
+// The signature of kernels written before the plan (scratch is no longer needed). Such a kernel's
+// grid of T blocks still works: the blocks past the plan's number of groups find none.
+template <int G>
+__device__ __forceinline__ void find_group(const TokenMap& map, int64_t group, TokenGroup<G>& g, int64_t* /*scratch*/) {
+  find_group<G>(map, group, g);
 }
 
 // Shared memory of one shrink block.
 template <typename Acc, int kRows, int kMaxTokens>
 struct ShrinkShared {
   TokenGroup<kMaxTokens> g;
-  int64_t scratch[kWarps];
   Acc partial[kWarps][kMaxTokens * kRows];
 };
 
 // The work of one shrink block (block-wide): writes v[t, j0 : j0 + kRows], j0 = row_block * kRows,
-// for the group led by token position `pos`. shrink_kernel and shrink_slices_kernel both run it.
+// for group number `group` of the plan. shrink_kernel and shrink_slices_kernel both run it.
 template <typename T, int VEC, int kRows, int kMaxTokens>
-__device__ __forceinline__ void shrink_block(const ShrinkParams& p, int64_t pos, int64_t row_block,
+__device__ __forceinline__ void shrink_block(const ShrinkParams& p, int64_t group, int64_t row_block,
                                              ShrinkShared<typename Elem<T>::Acc, kRows, kMaxTokens>& sh) {
   using Acc = typename Elem<T>::Acc;
   TokenGroup<kMaxTokens>& g = sh.g;
   auto& partial = sh.partial;
-  if (threadIdx.x == 0) g.count = 0;
-  find_group<kMaxTokens>(p.map, pos, g, sh.scratch);
+  find_group<kMaxTokens>(p.map, group, g);
   const int count = g.count;
   if (count == 0) return;
   const int tid = threadIdx.x;
@@ -221,7 +198,7 @@ __device__ __forceinline__ void shrink_block(const ShrinkParams& p, int64_t pos,
   }
 }
 
-// grid (T, ceil(R / kRows)); block kThreads. Writes v[t, j0 : j0 + kRows] for the group's tokens.
+// grid (max_groups(T, N, kMaxTokens), ceil(R / kRows)); block kThreads. Writes v[t, j0 : j0 + kRows] for the group's tokens.
 template <typename T, int VEC, int kRows, int kMaxTokens>
 __global__ void __launch_bounds__(kThreads) shrink_kernel(const ShrinkParams p) {
   __shared__ ShrinkShared<typename Elem<T>::Acc, kRows, kMaxTokens> sh;
@@ -234,20 +211,18 @@ using tiles::kRankChunk;
 template <typename Acc, int kMaxTokens>
 struct ExpandShared {
   TokenGroup<kMaxTokens> g;
-  int64_t scratch[kWarps];
   Acc vs[kMaxTokens][kRankChunk];
 };
 
 // The work of one expand block (block-wide): output features col_block * kThreads + threadIdx.x of
-// the group led by token position `pos`. expand_kernel and expand_slices_kernel both run it.
+// group number `group` of the plan. expand_kernel and expand_slices_kernel both run it.
 template <typename T, int VEC, int kMaxTokens>
-__device__ __forceinline__ void expand_block(const ExpandParams& p, int64_t pos, int64_t col_block,
+__device__ __forceinline__ void expand_block(const ExpandParams& p, int64_t group, int64_t col_block,
                                              ExpandShared<typename Elem<T>::Acc, kMaxTokens>& sh) {
   using Acc = typename Elem<T>::Acc;
   TokenGroup<kMaxTokens>& g = sh.g;
   auto& vs = sh.vs;
-  if (threadIdx.x == 0) g.count = 0;
-  find_group<kMaxTokens>(p.map, pos, g, sh.scratch);
+  find_group<kMaxTokens>(p.map, group, g);
   const int count = g.count;
   if (count == 0) return;
   const int64_t r = effective_rank(p.ranks, g.slot, p.num_slots, p.max_rank);
@@ -302,7 +277,7 @@ __device__ __forceinline__ void expand_block(const ExpandParams& p, int64_t pos,
   }
 }
 
-// grid (T, ceil(H_out / kThreads)); one output feature per thread.
+// grid (max_groups(T, N, kMaxTokens), ceil(H_out / kThreads)); one output feature per thread.
 template <typename T, int VEC, int kMaxTokens>
 __global__ void __launch_bounds__(kThreads) expand_kernel(const ExpandParams p) {
   __shared__ ExpandShared<typename Elem<T>::Acc, kMaxTokens> sh;
@@ -333,7 +308,7 @@ __device__ __forceinline__ int slice_of(const SliceBatch<Params>& p, int64_t col
   return i;
 }
 
-// grid (T, sum_i ceil(R_i / kRows)).
+// grid (max_groups(T, N, kMaxTokens), sum_i ceil(R_i / kRows)).
 template <typename T, int VEC, int kRows, int kMaxTokens>
 __global__ void __launch_bounds__(kThreads) shrink_slices_kernel(const __grid_constant__ SliceBatch<ShrinkParams> p) {
   __shared__ ShrinkShared<typename Elem<T>::Acc, kRows, kMaxTokens> sh;
@@ -345,7 +320,7 @@ __global__ void __launch_bounds__(kThreads) shrink_slices_kernel(const __grid_co
     shrink_block<T, 1, kRows, kMaxTokens>(p.slice[i], blockIdx.x, local, sh);
 }
 
-// grid (T, sum_i ceil(H_out_i / kThreads)).
+// grid (max_groups(T, N, kMaxTokens), sum_i ceil(H_out_i / kThreads)).
 template <typename T, int VEC, int kMaxTokens>
 __global__ void __launch_bounds__(kThreads) expand_slices_kernel(const __grid_constant__ SliceBatch<ExpandParams> p) {
   __shared__ ExpandShared<typename Elem<T>::Acc, kMaxTokens> sh;

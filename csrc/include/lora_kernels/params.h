@@ -12,6 +12,8 @@
 
 #include <cstdint>
 
+#include "lora_kernels/tiles.h"
+
 #if defined(__CUDACC__)
 #define LK_HOST_DEVICE __host__ __device__ __forceinline__
 #else
@@ -37,14 +39,40 @@ struct IndexVec {
   }
 };
 
+// The tokens ordered by slot, built on the device by cuda::launch_build_plan (launch.h) before
+// the shrink / expand launches that read it (CUDA only; the CPU builds its own plan). Bucket b
+// (b < N: slot b; b == N: every token whose slot is outside [0, N), i.e. no adapter) holds the
+// sorted positions [slot_start[b], slot_start[b + 1]); rows_by_slot[p] is the token row at
+// position p and slot_at[p] its bucket. For each group size G_i of tiles::kPlanGroupSizes, the
+// groups of at most G_i tokens of one bucket, bucket after bucket: groups[i][0] is their number
+// and groups[i][1 + k] the first position of group k (a multiple of G_i past its bucket's
+// start). The order of the rows inside a bucket is not fixed (an atomic scatter); no result
+// depends on it. All int32: T < 2^31.
+struct GroupPlan {
+  const int32_t* slot_start = nullptr;    // [N + 2]; slot_start[0] = 0, slot_start[N + 1] = T
+  const int32_t* rows_by_slot = nullptr;  // [T]
+  const int32_t* slot_at = nullptr;       // [T], values in [0, N]
+  const int32_t* groups[cuda::tiles::kNumPlanGroupSizes] = {};  // [1 + max_groups(T, N, G_i)]
+  int64_t num_tokens = -1, num_slots = -1;  // the T and N it was built for (the launchers check)
+};
+
+// The most groups of at most G tokens T tokens over N slots (+ the no-adapter bucket) can form:
+// the grid.x of a kernel that runs one group per block (find_group), whatever the index values.
+LK_HOST_DEVICE int64_t max_groups(int64_t num_tokens, int64_t num_slots, int64_t group) {
+  const int64_t bound = (num_tokens + group - 1) / group + num_slots + 1;
+  return num_tokens < bound ? num_tokens : bound;
+}
+
 // How tokens map to adapter slots: per-token `indices` (BGMV), or segments (SGMV) when
-// `indices` is absent: tokens [seg_indptr[s], seg_indptr[s+1]) use slot seg_adapter[s].
+// `indices` is absent: tokens [seg_indptr[s], seg_indptr[s+1]) use slot seg_adapter[s]. The
+// CUDA launchers also need `plan`, built from this map by launch_build_plan.
 struct TokenMap {
   int64_t num_tokens = 0;    // T
   IndexVec indices;          // [T]
   IndexVec seg_indptr;       // [S+1]
   IndexVec seg_adapter;      // [S]
   int64_t num_segments = 0;  // S
+  GroupPlan plan;            // CUDA launchers only
 };
 
 struct ShrinkParams {

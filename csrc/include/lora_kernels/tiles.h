@@ -21,4 +21,22 @@ constexpr int kRankChunk = 64;
 // add_lora_slices: slices per launch (more go in launches of this many).
 constexpr int kMaxSlicesPerLaunch = 8;
 
+// The grouping plan (plan.cu): threads of its one block, and the most buckets (slots + 1) it
+// counts in shared memory (16 KB); more buckets count in the global workspace instead.
+constexpr int kPlanThreads = 1024;
+constexpr int kPlanSharedBuckets = 4096;
+
+// The group sizes the plan lists groups for: find_group<G> (kernels.cuh) needs G here. A kernel
+// with another group size (e.g. a tensor-core tile of 64 tokens) adds it; each costs the plan
+// (N + 2) + min(T, ceil(T / G) + N + 1) + 1 int32 of workspace and a few steps of its one block.
+constexpr int kPlanGroupSizes[] = {kGroupTokens};
+constexpr int kNumPlanGroupSizes = static_cast<int>(sizeof(kPlanGroupSizes) / sizeof(kPlanGroupSizes[0]));
+
+// Index of group size g in kPlanGroupSizes, -1 when absent.
+constexpr int plan_group_index(int g) {
+  for (int i = 0; i < kNumPlanGroupSizes; ++i)
+    if (kPlanGroupSizes[i] == g) return i;
+  return -1;
+}
+
 }  // namespace lora_kernels::cuda::tiles
