@@ -1,9 +1,12 @@
 // CUDA registration: launches on the current stream, no host synchronization (index values
 // are checked on the host only under LORA_KERNELS_DEBUG=1; kernels stay in bounds anyway).
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
+
+#include <ATen/ops/empty.h>
 
 #include "lora_kernels/launch.h"
 #include "op_impl.h"
@@ -24,7 +27,24 @@ struct CudaBackend {
   };
   struct Plan {};  // the kernels map tokens to slots themselves
   static Plan make_plan(const TokenMap&, int64_t) { return {}; }
-  static void shrink(const ShrinkParams& p, const Plan&) { C10_CUDA_CHECK(cuda::launch_shrink(p, current_stream())); }
+  // The shrink alone (bgmv_shrink / sgmv_shrink) and add_lora take decode_config's path: a
+  // split-K shrink for few tokens, and for add_lora shrink + expand in one launch where the model
+  // in decode.cu says it pays. The workspace comes from the caching allocator (no host sync,
+  // graph capturable); its counters are cleared on the stream by the launcher.
+  static void shrink(const ShrinkParams& p, const Plan&) {
+    const cuda::DecodeConfig c = cuda::decode_config(p, nullptr);
+    const at::Tensor ws = workspace(c.workspace_bytes);
+    C10_CUDA_CHECK(cuda::launch_shrink_decode(p, c, ws.defined() ? ws.data_ptr() : nullptr, false, current_stream()));
+  }
+  static void add_lora(const ShrinkParams& sp, const ExpandParams& ep, const Plan&) {
+    const cuda::DecodeConfig c = cuda::decode_config(sp, &ep);
+    const at::Tensor ws = workspace(c.workspace_bytes);
+    C10_CUDA_CHECK(cuda::launch_add_lora(sp, ep, c, ws.defined() ? ws.data_ptr() : nullptr, false, current_stream()));
+  }
+  static at::Tensor workspace(int64_t bytes) {
+    if (bytes == 0) return {};
+    return at::empty({bytes}, at::TensorOptions().dtype(at::kByte).device(at::kCUDA, c10::cuda::current_device()));
+  }
   static void expand(const ExpandParams& p, const Plan&) { C10_CUDA_CHECK(cuda::launch_expand(p, current_stream())); }
   static void embedding_shrink(const EmbeddingShrinkParams& p, const Plan&) {
     C10_CUDA_CHECK(cuda::launch_embedding_shrink(p, current_stream()));

@@ -5,7 +5,9 @@
 // slot (per-token indices) or of its segment (segments); the group is that token and the next
 // kMaxTokens - 1 tokens with the same slot. Blocks that lead nothing exit at once. Each group
 // streams its adapter's weights once for all of its tokens, with 16-byte loads when the
-// alignment allows, accumulating in fp32 (fp64 for fp64 data).
+// alignment allows, accumulating in fp32 (fp64 for fp64 data). Grids: shrink (T, ceil(R / 4)),
+// expand (T, ceil(H_out / 256)). decode.cuh builds on these pieces for few tokens: a split-K
+// shrink and a fused one-launch shrink + expand (chosen by decode.cu's shape rule).
 #pragma once
 
 #include <cuda_bf16.h>
