@@ -2,28 +2,31 @@
 // split-K shrink + expand, and the fused one-launch shrink + expand (decode.cuh).
 //
 // The rule, and the model behind it (H200: 132 SMs; every figure below is a model, no GPU
-// timing has been measured; benchmarks/RESULTS.md keeps the table):
+// timing has been measured; benchmarks/RESULTS.md has the table of choices):
 //
-// - Split-K. A decode shrink reads x (T * H_in elements) and each group's adapter rows
-//   (R * H_in). The plain shrink runs T * ceil(R / 4) blocks (T = 1, R = 16: 4 blocks), each
-//   streaming 4 rows over all of H_in: 4 * 4096 * 2 B = 32 KB per block in bf16, in
-//   ceil(H_in / (256 * VEC)) dependent passes per thread, on 4 of 132 SMs. Splitting H_in into
-//   `splits` chunks gives T * ceil(R / 4) * splits blocks, each reading 1 / splits of the bytes,
-//   for the cost of writing and re-reading splits * T * R fp32 partials (T = 1, R = 16, 2 splits:
-//   256 B, against 128 KB of A) and of one atomic per block. The rule: as many splits as bring
-//   the grid to kDecodeTargetBlocks (2 blocks per SM: the shrink kernels' ~100 registers x 256
-//   threads leave room for 2 per SM), but every split at least one full pass of the block
-//   (256 * VEC elements of H_in), so no thread of a split block idles. T * ceil(R / 4) >= 132
-//   (e.g. T = 64, R = 16: 256 blocks) already fills the GPU: splits = 1, the plain shrink.
-// - Fused. After the shrink, the last block of each group holds the group's v; running the
-//   group's expand there saves a launch (a kernel boundary: launch, drain and fill, ~2 µs
-//   assumed) and the v round trip (T * R * 8 B). It costs parallelism: that block streams the
-//   group's B (H_out * r elements) alone, one dependent memory round trip (~0.6 µs assumed) per
-//   256-column tile, where launch_expand spreads the tiles over T * ceil(H_out / 256) blocks
-//   (one round trip). One launch pays while tiles * 0.6 <= 2 + 0.6, i.e. up to 4 tiles
+// - A decode call moves little (T = 1, r 16, 4096 -> 4096 in bf16: 128 KB of A, 128 KB of B), so
+//   its time is launches plus dependent memory round trips (t_mem: one DRAM round trip, ~0.7 µs
+//   assumed), not bandwidth. The plain shrink runs T * ceil(R / 4) blocks (T = 1, R = 16: 4
+//   blocks on 132 SMs); each thread walks H_in in ceil(H_in / (256 * VEC)) passes (bf16: 2048
+//   elements a pass), each pass one round trip.
+// - Split-K. `splits` chunks of H_in give T * ceil(R / 4) * splits blocks and passes of
+//   ceil(chunk / (256 * VEC)), for the cost of the reduction: one atomic per block and the last
+//   block reading splits * T * R fp32 partials from L2, about one more round trip (two L2 trips).
+//   The rule: as many splits as bring the grid to kDecodeTargetBlocks (2 blocks per SM; the
+//   shrink kernels' ~100 registers x 256 threads leave room for 2), each split at least one full
+//   pass of the block (no thread idles), and for a shrink alone only when that removes at least
+//   2 passes (else the reduction eats the gain): T = 1, r 16, H_in 14336 (down_proj) in bf16:
+//   7 passes -> 1, 4 -> 28 blocks; H_in 4096 in bf16 (2 passes -> 1) stays plain; in fp32 (4
+//   passes) it splits in 4. T * ceil(R / 4) >= 264 (T = 64, R = 16) fills the GPU: no split.
+// - Fused. After the shrink the last block of each group holds the group's v; running the
+//   group's expand there saves a launch (launch, drain and fill, ~2 µs assumed) and the v round
+//   trip, and its reduction is already paid (so any split that removes a pass is taken). It costs
+//   parallelism: that block streams the group's B (H_out * r elements) alone, ~one round trip
+//   per 256-column tile, where launch_expand spreads the tiles over T * ceil(H_out / 256) blocks
+//   (one round trip). One launch pays while tiles * 0.7 <= 2 + 0.7, i.e. up to 4 tiles
 //   (kFusedMaxColTiles: H_out <= 1024, e.g. the k / v projections of a GQA model, or small
 //   models), and while every group's last block can run at once (T <= kFusedMaxTokens = 64).
-//   A 4096 -> 4096 decode (16 tiles) takes split-K + launch_expand instead.
+//   A 4096 -> 4096 decode (16 tiles) keeps two launches.
 #include <cuda_runtime.h>
 
 #include "dispatch.cuh"
@@ -115,9 +118,12 @@ DecodeConfig decode_config(const ShrinkParams& sp, const ExpandParams* ep) {
   const int64_t max_splits = sp.h_in / pass > 1 ? sp.h_in / pass : 1;
   const int64_t blocks = T * row_blocks(sp);
   const int64_t want = tiles::kDecodeTargetBlocks / blocks > 1 ? tiles::kDecodeTargetBlocks / blocks : 1;
-  c.splits = want < max_splits ? want : max_splits;
   c.fused = ep != nullptr && ep->h_out > 0 && T <= tiles::kFusedMaxTokens &&
             detail::ceil_div(ep->h_out, detail::kThreads) <= static_cast<unsigned>(tiles::kFusedMaxColTiles);
+  c.splits = want < max_splits ? want : max_splits;
+  const int64_t plain_passes = (sp.h_in + pass - 1) / pass;
+  const int64_t split_passes = ((sp.h_in + c.splits - 1) / c.splits + pass - 1) / pass;
+  if (!c.fused && plain_passes - split_passes < 2) c.splits = 1;  // the reduction would eat the gain
   c.workspace_bytes = decode_workspace_bytes(sp, c);
   return c;
 }

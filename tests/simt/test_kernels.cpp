@@ -711,8 +711,8 @@ Result run_decode(const DecodeSpec& s, bool segments, uint32_t seed) {
   // The config: decode_config's, or forced.
   cuda::DecodeConfig cfg = cuda::decode_config(sp, &ep);
   const cuda::DecodeConfig shrink_alone = cuda::decode_config(sp, nullptr);
-  res.check(shrink_alone.splits == cfg.splits && !shrink_alone.fused,
-            "decode_config(sp, nullptr) differs from add_lora's in splits or says fused");
+  res.check(!shrink_alone.fused && (cfg.fused ? shrink_alone.splits <= cfg.splits : shrink_alone.splits == cfg.splits),
+            "decode_config(sp, nullptr) says fused, or differs from add_lora's (not fused) in splits");
   std::string how = "auto";
   if (s.splits > 0) {
     cfg.splits = s.splits, cfg.fused = true, how = "forced";
@@ -817,7 +817,7 @@ Result run_decode(const DecodeSpec& s, bool segments, uint32_t seed) {
 std::vector<DecodeSpec> decode_specs(bool quick) {
   //                                                     T   H_in  H_out N   R
   std::vector<DecodeSpec> all = {
-      {"decode T=1 4096->4096 r16 auto (split-K, not fused)", 1, 4096, 4096, 2, 16},
+      {"decode T=1 14336->4096 r16 auto (split-K, not fused)", 1, 14336, 4096, 2, 16},
       {"decode T=3 H_in=4097 H_out=1000 auto (split-K, fused)", 3, 4097, 1000, 4, 16},
       {"decode T=8 one adapter H_in=1 H_out=3, 3 splits", 8, 1, 3, 1, 4},
       {"decode T=64 over 64 adapters auto (1 split, fused)", 64, 256, 200, 64, 16},
