@@ -12,8 +12,8 @@
 // - Split-K. `splits` chunks of H_in give T * ceil(R / 4) * splits blocks and passes of
 //   ceil(chunk / (256 * VEC)), for the cost of the reduction: one atomic per block and the last
 //   block reading splits * T * R fp32 partials from L2, about one more round trip (two L2 trips).
-//   The rule: as many splits as bring the grid to kDecodeTargetBlocks (2 blocks per SM; the
-//   shrink kernels' ~100 registers x 256 threads leave room for 2), each split at least one full
+//   The rule: as many splits as bring the grid to kDecodeTargetBlocks (2 blocks per SM, which
+//   decode_kernel's __launch_bounds__(256, 2) guarantees), each split at least one full
 //   pass of the block (no thread idles), and for a shrink alone only when that removes at least
 //   2 passes (else the reduction eats the gain): T = 1, r 16, H_in 14336 (down_proj) in bf16:
 //   7 passes -> 1, 4 -> 28 blocks; H_in 4096 in bf16 (2 passes -> 1) stays plain; in fp32 (4

@@ -58,10 +58,11 @@ __device__ __forceinline__ Acc reduced_v(const DecodeParams& d, const TokenGroup
   return s;
 }
 
-// grid (T, ceil(R / kRows) * splits), block kThreads. VA: the shrink's vector width (x, A); VB:
-// the expand's (B), fused only.
+// grid (T, ceil(R / kRows) * splits), block kThreads, at most 128 registers a thread (2 blocks
+// per SM: the rule in decode.cu counts on it). VA: the shrink's vector width (x, A); VB: the
+// expand's (B), fused only.
 template <typename T, int VA, int VB, int kRows, int kMaxTokens, bool kFused>
-__global__ void __launch_bounds__(kThreads) decode_kernel(const __grid_constant__ DecodeParams d) {
+__global__ void __launch_bounds__(kThreads, 2) decode_kernel(const __grid_constant__ DecodeParams d) {
   using Acc = typename Elem<T>::Acc;
   __shared__ DecodeShared<Acc, kRows, kMaxTokens> sh;
   const ShrinkParams& p = d.shrink;
