@@ -3,7 +3,7 @@
 
 Compiles each .cu file for each arch with `nvcc -std=c++17 -O3 -Xptxas -v` (no GPU needed) and
 prints, per kernel instantiation: registers, spill stores / loads, stack frame, static shared
-memory. Usage: python benchmarks/ptxas_table.py [--src csrc] [--arch 80 90]
+memory. Usage: python benchmarks/ptxas_table.py [--src csrc] [--arch 80 90] [--files decode.cu ...]
 """
 
 from __future__ import annotations
@@ -58,9 +58,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--src", default=os.path.join(os.path.dirname(__file__), "..", "csrc"))
     ap.add_argument("--arch", nargs="+", default=["80", "90"])
+    ap.add_argument("--files", nargs="+", help="the .cu files of SRC/kernels to compile (default: all)")
     args = ap.parse_args()
     rows = []
-    for cu in ("shrink.cu", "expand.cu"):
+    files = args.files or sorted(f for f in os.listdir(os.path.join(args.src, "kernels")) if f.endswith(".cu"))
+    for cu in files:
         for arch in args.arch:
             rows += compile_one(args.src, cu, arch)
     names = demangle([r[0] for r in rows])

@@ -1,7 +1,8 @@
 // The ops, written once over a backend (CPU or CUDA): check every argument and index value
 // first, then run. Nothing is written to y unless every check passed. A backend provides
 // make_plan (tokens grouped by slot once per call, on the host for the CPU, by a device kernel
-// for CUDA; shrink and expand share it) and shrink / expand / embedding_shrink over that plan.
+// for CUDA; shrink and expand share it) and shrink / expand / embedding_shrink over that plan,
+// and may provide add_lora (both phases of add_lora at once; used when present).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -94,8 +95,14 @@ void add_lora_op(const Tensor& y, const Tensor& x, const Tensor& lora_a, const T
   check_no_overlap(op, y, inputs);
   check_index_values<Backend>(op, map, indices, seg_indptr, seg_adapter, ranks, sp.num_slots, sp.max_rank);
   const auto plan = Backend::make_plan(map, sp.num_slots);
-  Backend::shrink(sp, plan);
-  Backend::expand(ep, plan);
+  // v is internal to add_lora: a backend may run both phases its own way (CUDA: decode shapes in
+  // one launch, or a split-K shrink; decode.cu); the CPU backend has no such hook.
+  if constexpr (requires { Backend::add_lora(sp, ep, plan); }) {
+    Backend::add_lora(sp, ep, plan);
+  } else {
+    Backend::shrink(sp, plan);
+    Backend::expand(ep, plan);
+  }
 }
 
 template <typename Backend>

@@ -2,6 +2,7 @@
 // are checked on the host only under LORA_KERNELS_DEBUG=1; kernels stay in bounds anyway). Each
 // op call first builds the device-side grouping plan (make_plan), then launches the kernels.
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <ATen/ops/empty.h>
@@ -49,8 +50,30 @@ struct CudaBackend {
     p.map.plan = plan.plan;
     return p;
   }
+  template <typename Params>
+  static Params with_plan(Params p, const Plan& plan) {
+    p.map.plan = plan.plan;
+    return p;
+  }
+  // The shrink alone (bgmv_shrink / sgmv_shrink) and add_lora take decode_config's path: a
+  // split-K shrink for few tokens, and for add_lora shrink + expand in one launch where the model
+  // in decode.cu says it pays. The workspace comes from the caching allocator (no host sync,
+  // graph capturable); its counters are cleared on the stream by the launcher.
   static void shrink(const ShrinkParams& p, const Plan& plan) {
-    C10_CUDA_CHECK(cuda::launch_shrink(with_plan(p, plan), current_stream()));
+    const cuda::DecodeConfig c = cuda::decode_config(p, nullptr);
+    const at::Tensor ws = workspace(c.workspace_bytes);
+    C10_CUDA_CHECK(cuda::launch_shrink_decode(with_plan(p, plan), c, ws.defined() ? ws.data_ptr() : nullptr, false,
+                                              current_stream()));
+  }
+  static void add_lora(const ShrinkParams& sp, const ExpandParams& ep, const Plan& plan) {
+    const cuda::DecodeConfig c = cuda::decode_config(sp, &ep);
+    const at::Tensor ws = workspace(c.workspace_bytes);
+    C10_CUDA_CHECK(cuda::launch_add_lora(with_plan(sp, plan), with_plan(ep, plan), c,
+                                         ws.defined() ? ws.data_ptr() : nullptr, false, current_stream()));
+  }
+  static at::Tensor workspace(int64_t bytes) {
+    if (bytes == 0) return {};
+    return at::empty({bytes}, at::TensorOptions().dtype(at::kByte).device(at::kCUDA, c10::cuda::current_device()));
   }
   static void expand(const ExpandParams& p, const Plan& plan) {
     C10_CUDA_CHECK(cuda::launch_expand(with_plan(p, plan), current_stream()));

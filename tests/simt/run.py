@@ -87,6 +87,16 @@ BUGS = [
         "  if (VEC > 1 && p.vectorized[i])\n    expand_block",
         "  if (VEC > 1)\n    expand_block",
         ("misaligned load report",)),
+    Bug("decode: the last-block compare off by one (the second-to-last block of a group reduces)",
+        "include/lora_kernels/decode.cuh",
+        "sh.last = ticket == arrivals - 1u;",
+        "sh.last = ticket == arrivals - 2u;",
+        ("wrong result",)),
+    Bug("decode: the last block leaves its group's counter set (the next launch on that workspace never reduces)",
+        "include/lora_kernels/decode.cuh",
+        "    if (sh.last) d.counters[pos] = 0;",
+        "",
+        ("wrong result",)),
 ]
 
 

@@ -36,6 +36,11 @@ cudaError_t cudaGetLastError() {
   g_last_error = cudaSuccess;
   return e;
 }
+// decode.cu clears its counters with cudaMemsetAsync; the executor runs everything at once.
+cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t) {
+  std::memset(p, value, bytes);
+  return cudaSuccess;
+}
 const char* cudaGetErrorString(cudaError_t e) {
   return e == cudaSuccess ? "no error" : "the SIMT executor stopped the launch (see its report)";
 }
@@ -65,6 +70,10 @@ static std::string g_last_report;
 const std::string& last_report() { return g_last_report; }
 static bool g_print_reports = true;
 void print_reports(bool on) { g_print_reports = on; }
+std::vector<std::string>& launch_log() {
+  static std::vector<std::string> log;
+  return log;
+}
 
 uint64_t seed() {
   static const uint64_t value = [] {
@@ -400,6 +409,7 @@ bool run_grid(const char* pretty, dim3 grid, dim3 block, size_t smem, void (*bod
   std::string name = pretty;  // "... [with auto Kernel = <kernel>]" -> "<kernel>"
   const size_t at = name.find("Kernel = ");
   if (at != std::string::npos) name = name.substr(at + 9, name.size() - at - 10);
+  launch_log().push_back(name);
   const long n = static_cast<long>(block.x) * block.y * block.z;
   const auto fail = [&](const std::string& what) {
     g_last_report = "lk_simt: launch of " + name + ": " + what + "\n";

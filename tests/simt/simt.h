@@ -39,6 +39,7 @@
 #include <string>
 #include <tuple>
 #include <type_traits>
+#include <vector>
 
 // ---- CUDA keywords under g++ -------------------------------------------------------------
 // One block at a time per OS thread: a function-local static is per-block shared memory. The
@@ -88,6 +89,8 @@ void set_last_error(cudaError_t e);
 const std::string& last_report();
 // Whether reports go to stderr (the executor's own tests of failing launches turn it off).
 void print_reports(bool on);
+// The kernels launched so far, by name (a test clears it, launches, and checks which ran).
+std::vector<std::string>& launch_log();
 // The seed of the block and thread order: LK_SIMT_SEED, or a random one.
 uint64_t seed();
 
@@ -192,6 +195,16 @@ inline int __ffs(int x) { return __builtin_ffs(x); }
 inline int __ffsll(long long x) { return __builtin_ffsll(x); }
 inline int __clz(int x) { return x == 0 ? 32 : __builtin_clz(static_cast<unsigned>(x)); }
 inline int __clzll(long long x) { return x == 0 ? 64 : __builtin_clzll(static_cast<unsigned long long>(x)); }
+
+// ---- memory fences and cache-hinted loads (decode.cuh's last-block pattern) ---------------
+// One block runs at a time and a write is seen by every thread at once: a fence orders nothing
+// more here, and a load that skips L1 (ld.global.cg) is a plain load. What the hardware memory
+// model would do with a missing fence is beyond the executor (README: what it cannot check).
+inline void __threadfence() {}
+template <typename T>
+T __ldcg(const T* p) {
+  return *p;
+}
 
 // ---- atomics: one fiber runs at a time, so a read-modify-write is atomic -------------------
 template <typename T>

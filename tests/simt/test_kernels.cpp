@@ -775,6 +775,278 @@ std::vector<Spec> linear_specs(bool quick) {
   return {all[14], all[4]};  // for the planted bugs: what catches each one first
 }
 
+
+// Decode (decode.cu / decode.cuh): the split-K shrink and the fused one-launch shrink + expand.
+// Each case runs (a) launch_shrink_decode + launch_expand and (b) launch_add_lora fused, with the
+// case's forced number of splits, or with decode_config's choice (then checked against what the
+// case expects). v and y against the float64 reference; the executor's launch log shows which
+// kernels ran; each launch is repeated on a workspace the first one left behind (counters_zero:
+// the kernel must have reset its counters) and in another block order (the executor's shuffle
+// goes on), and must give the same bits; the fused y must equal (a)'s bit for bit.
+struct DecodeSpec {
+  std::string name;
+  int64_t T, H_in, H_out, N, R;
+  int64_t splits = 0;       // 0: decode_config's choice; else forced (both paths then run)
+  int expect_splits = 0;    // with splits = 0: 0 no check, -1 more than one, else exactly this
+  int expect_fused = -1;    // with splits = 0: -1 no check, else 0 / 1
+  bool one_slot = false, out_of_range = false, idx64 = false, bias = true;
+  int64_t x_pad = 0, x_off = 0, y_pad = 0, y_off = 0;
+};
+
+// Which kernels the last launches ran: "decode(split)", "decode(fused)", "shrink", "expand".
+std::string launched() {
+  std::string out;
+  for (const std::string& k : lk_simt::launch_log()) {
+    std::string n = k.find("decode_kernel") != std::string::npos
+                        ? (k.find("true>") != std::string::npos ? "decode(fused)" : "decode(split)")
+                        : k.find("shrink_kernel") != std::string::npos ? "shrink"
+                        : k.find("expand_kernel") != std::string::npos ? "expand" : k;
+    out += (out.empty() ? "" : " + ") + n;
+  }
+  return out.empty() ? "nothing" : out;
+}
+
+template <typename T>
+Result run_decode(const DecodeSpec& s, bool segments, uint32_t seed) {
+  using Acc = typename Type<T>::Acc;
+  using Ty = Type<T>;
+  Result res;
+  const int64_t T_ = s.T, Hi = s.H_in, Ho = s.H_out, N = s.N, R = s.R;
+  std::mt19937_64 gen(seed);
+  std::normal_distribution<double> normal;
+  auto uniform = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(gen); };
+  std::vector<int64_t> ranks(N), indices(T_);
+  for (int64_t a = 0; a < N; ++a) ranks[a] = a == 0 ? R : uniform(0, R);
+  if (N > 1) ranks[N - 1] = 0;
+  if (s.out_of_range && N >= 3) ranks[1] = R + 5, ranks[2] = -3;
+  for (auto& i : indices) i = s.one_slot ? 0 : uniform(-1, N - 1);
+  if (T_ > 0) indices[0] = 0;  // slot 0 has rank R: never a case with nothing to compute
+  if (s.out_of_range && T_ >= 6) indices[3] = 1000, indices[5] = -7;
+  const int64_t S = std::max<int64_t>(1, std::min<int64_t>(T_, 4));
+  std::vector<int64_t> indptr{0}, seg_adapter(S);
+  std::vector<int64_t> cuts(S - 1);
+  for (auto& c : cuts) c = uniform(0, T_);
+  std::sort(cuts.begin(), cuts.end());
+  for (auto c : cuts) indptr.push_back(c);
+  indptr.push_back(T_);
+  for (auto& a : seg_adapter) a = s.one_slot ? 0 : uniform(-1, N - 1);
+  seg_adapter[S - 1] = 0;  // the last segment holds token T - 1 (when T > 0)
+  std::vector<int64_t> slot_of(indices);
+  if (segments)
+    for (int64_t g = 0; g < S; ++g)
+      for (int64_t t = indptr[g]; t < indptr[g + 1]; ++t) slot_of[t] = seg_adapter[g];
+  const Ints idx(indices, s.idx64), ptr(indptr, s.idx64), sad(seg_adapter, s.idx64), rk(ranks, false);
+  TokenMap map;
+  map.num_tokens = T_;
+  if (segments) map.seg_indptr = ptr.vec(), map.seg_adapter = sad.vec(), map.num_segments = S;
+  else map.indices = idx.vec();
+  PlanBuf plan;  // as the op builds it, before the decode launches
+  if (!make_plan(map, N, slot_of, plan, res)) return res;
+
+  const double nan = std::nan("");
+  const int64_t xs = Hi + s.x_pad, ys = Ho + s.y_pad;
+  const size_t x_len = T_ ? static_cast<size_t>(s.x_off + (T_ - 1) * xs + Hi) : 0;
+  const size_t y_len = T_ ? static_cast<size_t>(s.y_off + (T_ - 1) * ys + Ho) : 0;
+  Buf<T> x(x_len), a(N * R * Hi), b(N * Ho * R), bias(N * Ho), y(y_len);
+  std::vector<double> xd(x.n), ad(a.n), bd(b.n), biasd(bias.n), yd(y.n);
+  for (size_t i = 0; i < x.n; ++i) xd[i] = Ty::to(x.p[i] = Ty::from(normal(gen)));
+  for (size_t i = 0; i < a.n; ++i) ad[i] = Ty::to(a.p[i] = Ty::from(normal(gen) / std::sqrt(double(std::max<int64_t>(Hi, 1)))));
+  for (size_t i = 0; i < b.n; ++i) bd[i] = Ty::to(b.p[i] = Ty::from(normal(gen)));
+  for (size_t i = 0; i < bias.n; ++i) biasd[i] = Ty::to(bias.p[i] = Ty::from(normal(gen)));
+  for (size_t i = 0; i < y.n; ++i) yd[i] = Ty::to(y.p[i] = Ty::from(normal(gen)));
+  for (int64_t sl = 0; sl < N; ++sl)  // NaN past each slot's rank: never read
+    for (int64_t j = eff_rank(ranks, true, sl, N, R); j < R; ++j) {
+      for (int64_t k = 0; k < Hi; ++k) a.p[(sl * R + j) * Hi + k] = Ty::from(nan);
+      for (int64_t o = 0; o < Ho; ++o) b.p[(sl * Ho + o) * R + j] = Ty::from(nan);
+    }
+  Buf<Acc> scaling(N);
+  std::vector<double> scd(N);
+  for (int64_t i = 0; i < N; ++i) scd[i] = scaling.p[i] = static_cast<Acc>(static_cast<float>(0.1 + std::abs(normal(gen))));
+
+  std::vector<double> v_ref(T_ * R, 0.0), d_ref(T_ * Ho, 0.0);
+  std::vector<int64_t> r_of(T_);
+  for (int64_t t = 0; t < T_; ++t) {
+    const int64_t slot = slot_of[t], r = r_of[t] = eff_rank(ranks, true, slot, N, R);
+    for (int64_t j = 0; j < r; ++j)
+      for (int64_t k = 0; k < Hi; ++k) v_ref[t * R + j] += xd[s.x_off + t * xs + k] * ad[(slot * R + j) * Hi + k];
+    for (int64_t o = 0; r > 0 && o < Ho; ++o) {
+      double acc = s.bias ? biasd[slot * Ho + o] : 0.0;
+      for (int64_t j = 0; j < r; ++j) acc += v_ref[t * R + j] * bd[(slot * Ho + o) * R + j];
+      d_ref[t * Ho + o] = scd[slot] * acc;
+    }
+  }
+
+  Buf<Acc> v(T_ * R), v2(T_ * R);
+  ShrinkParams sp;
+  sp.x = x.p + s.x_off, sp.x_stride = xs, sp.lora_a = a.p, sp.v = v.p, sp.v_stride = R, sp.ranks = rk.vec();
+  sp.num_slots = N, sp.max_rank = R, sp.h_in = Hi, sp.dtype = Ty::kDType, sp.map = map;
+  ExpandParams ep;
+  ep.y_stride = ys, ep.v = v.p, ep.v_stride = R, ep.lora_b = b.p, ep.scaling = scaling.p;
+  ep.lora_bias = s.bias ? bias.p : nullptr, ep.ranks = rk.vec(), ep.num_slots = N, ep.max_rank = R, ep.h_out = Ho;
+  ep.dtype = Ty::kDType, ep.map = map;
+
+  // The config: decode_config's, or forced.
+  cuda::DecodeConfig cfg = cuda::decode_config(sp, &ep);
+  const cuda::DecodeConfig shrink_alone = cuda::decode_config(sp, nullptr);
+  res.check(!shrink_alone.fused && (cfg.fused ? shrink_alone.splits <= cfg.splits : shrink_alone.splits == cfg.splits),
+            "decode_config(sp, nullptr) says fused, or differs from add_lora's (not fused) in splits");
+  std::string how = "auto";
+  if (s.splits > 0) {
+    cfg.splits = s.splits, cfg.fused = true, how = "forced";
+    cfg.workspace_bytes = cuda::decode_workspace_bytes(sp, cfg);
+  } else {
+    if (s.expect_splits == -1) res.check(cfg.splits > 1, "decode_config chose " + std::to_string(cfg.splits) + " split(s), expected more than 1");
+    if (s.expect_splits > 0) res.check(cfg.splits == s.expect_splits, "decode_config chose " + std::to_string(cfg.splits) + " split(s), expected " + std::to_string(s.expect_splits));
+    if (s.expect_fused >= 0) res.check(cfg.fused == (s.expect_fused == 1), std::string("decode_config chose ") + (cfg.fused ? "fused" : "not fused") + ", expected the other");
+  }
+  if (!res.ok) return res;
+  const bool any = T_ > 0 && R > 0;  // else nothing runs at all
+  Buf<unsigned char> ws(static_cast<size_t>(cfg.workspace_bytes));
+  std::memset(ws.p, 0xff, ws.n);  // NaN partials, garbage counters: the launcher clears those
+
+  // (a) the split shrink (launch_shrink_decode), twice, then launch_expand.
+  cuda::DecodeConfig split = cfg;
+  split.fused = false;
+  const std::string want_a = !any ? "nothing" : split.splits > 1 ? "decode(split)" : "shrink";
+  for (int rep = 0; rep < 2 && res.ok; ++rep) {
+    Buf<Acc>& out = rep == 0 ? v : v2;
+    for (size_t i = 0; i < out.n; ++i) out.p[i] = static_cast<Acc>(nan);
+    ShrinkParams p = sp;
+    p.v = out.p;
+    lk_simt::launch_log().clear();
+    res.check(cuda::launch_shrink_decode(p, split, ws.p, rep == 1, nullptr) == cudaSuccess, "launch_shrink_decode reported an error");
+    res.check(launched() == want_a, "launch_shrink_decode ran " + launched() + ", expected " + want_a);
+  }
+  if (!res.ok) return res;
+  res.check(std::memcmp(v.p, v2.p, v.n * sizeof(Acc)) == 0,
+            "v differs bitwise between two launches (another block order; the second on the first's workspace)");
+  double err2 = 0, ref2 = 0;
+  for (int64_t t = 0; t < T_; ++t)
+    for (int64_t j = 0; j < R; ++j) {
+      const double got = v.p[t * R + j], want = v_ref[t * R + j];
+      const std::string at = "v[" + std::to_string(t) + ", " + std::to_string(j) + "] = " + fmt("%g", got);
+      if (j >= r_of[t]) res.check(got == 0.0, at + ", expected exactly 0 (past the rank, or no adapter)");
+      else res.check(std::isfinite(got), at);
+      err2 += (got - want) * (got - want), ref2 += want * want;
+    }
+  const double v_err = ref2 > 0 ? std::sqrt(err2 / ref2) : std::sqrt(err2);
+  res.check(v_err < Ty::kTol, "split shrink: relative error of v " + fmt("%.3g", v_err) + " >= " + fmt("%g", Ty::kTol));
+  if (!res.ok) return res;
+  const std::vector<T> y_in(y.p, y.p + y.n);
+  ExpandParams e = ep;
+  e.y = y.p + s.y_off;
+  res.check(cuda::launch_expand(e, nullptr) == cudaSuccess, "launch_expand reported an error");
+  if (!res.ok) return res;
+
+  auto check_y = [&](const Buf<T>& yy, const char* what) {
+    double e2 = 0, r2 = 0, yr2 = 0;
+    std::vector<bool> in_view(yy.n, false);
+    for (int64_t t = 0; t < T_; ++t)
+      for (int64_t o = 0; o < Ho; ++o) {
+        const size_t i = s.y_off + t * ys + o;
+        in_view[i] = true;
+        if (r_of[t] == 0)
+          res.check(std::memcmp(&yy.p[i], &y_in[i], sizeof(T)) == 0,
+                    std::string(what) + ": y[" + std::to_string(t) + "] changed although the token has no adapter or rank 0");
+        const double got = Ty::to(yy.p[i]), want = d_ref[t * Ho + o], d = got - yd[i];
+        res.check(std::isfinite(got), std::string(what) + ": y[" + std::to_string(t) + ", " + std::to_string(o) + "] = " + fmt("%g", got));
+        e2 += (d - want) * (d - want), r2 += want * want, yr2 += (yd[i] + want) * (yd[i] + want);
+      }
+    for (size_t i = 0; i < yy.n; ++i)
+      if (!in_view[i]) res.check(std::memcmp(&yy.p[i], &y_in[i], sizeof(T)) == 0, std::string(what) + ": y changed outside the view");
+    const double err = update_error(e2, r2, yr2, Ty::kEps);
+    res.check(err < Ty::kTol, std::string(what) + ": relative update error " + fmt("%.3g", err) + " >= " + fmt("%g", Ty::kTol));
+    return err;
+  };
+  const double y_err = check_y(y, "split shrink + expand");
+  if (!res.ok) return res;
+
+  // (b) fused: one launch, twice (the second on the first's workspace), bit-equal to (a).
+  std::string fused_note, want_b;
+  if (cfg.fused) {
+    want_b = !any || Ho == 0 ? "nothing" : "decode(fused)";
+    for (int rep = 0; rep < 2 && res.ok; ++rep) {
+      Buf<T> yf(y.n);
+      std::memcpy(yf.p, y_in.data(), y.n * sizeof(T));
+      ExpandParams f = ep;
+      f.y = yf.p + s.y_off;
+      f.v = nullptr;  // the fused kernel reads the partials, never v
+      ShrinkParams p = sp;
+      p.v = nullptr;
+      lk_simt::launch_log().clear();
+      res.check(cuda::launch_add_lora(p, f, cfg, ws.p, rep == 1, nullptr) == cudaSuccess, "launch_add_lora reported an error");
+      res.check(launched() == want_b, "launch_add_lora (fused) ran " + launched() + ", expected " + want_b);
+      if (!res.ok) return res;
+      check_y(yf, rep == 0 ? "fused" : "fused, second launch");
+      res.check(std::memcmp(yf.p, y.p, y.n * sizeof(T)) == 0,
+                std::string("fused y differs bitwise from launch_shrink_decode + launch_expand") +
+                    (rep ? " (second launch, on the first's workspace)" : ""));
+    }
+    fused_note = ", fused bit-equal";
+  }
+  res.why = res.ok ? how + " splits " + std::to_string(cfg.splits) + (cfg.fused ? " fused" : "") + ": v err " +
+                         fmt("%.2g", v_err) + ", y err " + fmt("%.2g", y_err) + fused_note + ", ran " + want_a +
+                         (cfg.fused ? " / " + want_b : "")
+                   : res.why;
+  return res;
+}
+
+std::vector<DecodeSpec> decode_specs(bool quick) {
+  //                                                     T   H_in  H_out N   R
+  std::vector<DecodeSpec> all = {
+      {"decode T=1 14336->4096 r16 auto (split-K, not fused)", 1, 14336, 4096, 2, 16},
+      {"decode T=3 H_in=4097 H_out=1000 auto (split-K, fused)", 3, 4097, 1000, 4, 16},
+      {"decode T=8 one adapter H_in=1 H_out=3, 3 splits", 8, 1, 3, 1, 4},
+      {"decode T=64 over 64 adapters auto (1 split, fused)", 64, 256, 200, 64, 16},
+      {"decode T=100 auto (plain)", 100, 64, 32, 5, 8},
+      {"decode strided unaligned int64 r7, 5 splits", 5, 300, 77, 3, 7},
+      {"decode rank 72 H_out=300, 2 splits", 4, 64, 300, 2, 72},
+      {"decode out-of-range slots and ranks, 4 splits", 8, 67, 33, 4, 6},
+      {"decode R=0, 2 splits", 3, 16, 8, 2, 0},
+      {"decode T=0 auto", 0, 32, 16, 2, 4},
+  };
+  all[0].expect_splits = -1, all[0].expect_fused = 0;
+  all[1].expect_splits = -1, all[1].expect_fused = 1;
+  all[2].splits = 3, all[2].one_slot = true;
+  all[3].expect_splits = 1, all[3].expect_fused = 1;
+  all[4].expect_splits = 1, all[4].expect_fused = 0, all[4].bias = false;
+  all[5].splits = 5, all[5].x_pad = 3, all[5].x_off = 1, all[5].y_pad = 5, all[5].y_off = 2, all[5].idx64 = true;
+  all[6].splits = 2;
+  all[7].splits = 4, all[7].out_of_range = true;
+  all[8].splits = 2;
+  if (quick) return {all[5], all[7]};  // for the planted bugs (fp32, indices only)
+  return all;
+}
+
+// decode_config's choice (the real code) for bf16, aligned, at the sweep's decode shapes and a
+// few projection shapes: the table in benchmarks/RESULTS.md. `test_kernels --decode-configs`.
+int print_decode_configs() {
+  std::printf("| T | R | H_in | H_out | plain shrink blocks | splits | shrink blocks | A bytes per block | fused | workspace |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|\n");
+  struct Shape { int64_t T, R, H_in, H_out; };
+  std::vector<Shape> shapes;
+  for (int64_t T : {1, 16, 64, 256})
+    for (int64_t R : {8, 16, 64, 128})
+      for (int64_t Ho : {4096, 14336}) shapes.push_back({T, R, 4096, Ho});
+  for (int64_t T : {1, 8, 64}) shapes.push_back({T, 16, 4096, 1024}), shapes.push_back({T, 16, 14336, 4096});
+  alignas(16) static __nv_bfloat16 dummy[8];
+  for (const Shape& sh : shapes) {
+    ShrinkParams sp;
+    sp.x = dummy, sp.lora_a = dummy, sp.x_stride = sh.H_in, sp.max_rank = sh.R, sp.h_in = sh.H_in, sp.num_slots = 1;
+    sp.dtype = DType::kBFloat16, sp.map.num_tokens = sh.T, sp.v_stride = sh.R;
+    ExpandParams ep;
+    ep.lora_b = dummy, ep.max_rank = sh.R, ep.h_out = sh.H_out, ep.num_slots = 1, ep.dtype = DType::kBFloat16;
+    ep.map = sp.map;
+    const cuda::DecodeConfig c = cuda::decode_config(sp, &ep);
+    const int64_t plain = sh.T * ((sh.R + 3) / 4), chosen = plain * c.splits;
+    const int64_t bytes = std::min<int64_t>(4, sh.R) * ((sh.H_in + c.splits - 1) / c.splits) * 2;
+    std::printf("| %lld | %lld | %lld | %lld | %lld | %lld | %lld | %lld | %s | %lld B |\n", (long long)sh.T,
+                (long long)sh.R, (long long)sh.H_in, (long long)sh.H_out, (long long)plain, (long long)c.splits,
+                (long long)chosen, (long long)bytes, c.fused ? "yes" : "no", (long long)c.workspace_bytes);
+  }
+  return 0;
+}
+
 }  // namespace
 
 void executor_checks(int& passed, int& failed);  // test_executor.cpp
@@ -787,6 +1059,7 @@ int main(int argc, char** argv) {
     if (arg == "--quick") quick = true;
     else if (arg == "--stop-on-fail") stop = true;
     else if (arg == "--only" && i + 1 < argc) only = argv[++i];
+    else if (arg == "--decode-configs") return print_decode_configs();
     else {
       std::fprintf(stderr, "usage: %s [--quick] [--stop-on-fail] [--only SUBSTRING]\n", argv[0]);
       return 2;
@@ -865,6 +1138,19 @@ int main(int argc, char** argv) {
         ++seed;
         if (!go || (!only.empty() && name.find(only) == std::string::npos)) return;
         auto [r, secs] = timed([&] { return run_slices<T>(s, segments, seed); });
+        go = report(name, r, secs);
+      });
+    }
+  }
+  for (const DecodeSpec& s : decode_specs(quick)) {
+    for (bool segments : {false, true}) {
+      each_dtype([&](auto elem) {
+        using T = decltype(elem);
+        if (quick && (segments || !std::is_same_v<T, float>)) return;
+        const std::string name = std::string(segments ? "sgmv " : "bgmv ") + Type<T>::kName + " " + s.name;
+        ++seed;
+        if (!go || (!only.empty() && name.find(only) == std::string::npos)) return;
+        auto [r, secs] = timed([&] { return run_decode<T>(s, segments, seed); });
         go = report(name, r, secs);
       });
     }

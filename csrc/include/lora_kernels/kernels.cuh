@@ -9,6 +9,8 @@
 // its tokens, with 16-byte loads when the alignment allows, accumulating in fp32 (fp64 for fp64
 // data). Tokens without an adapter form groups of the slot -1: the shrink writes their v rows
 // as 0, the expand leaves their y rows alone.
+// decode.cuh builds on these pieces for few tokens: a split-K shrink and a fused one-launch
+// shrink + expand (chosen by decode.cu's shape rule).
 #pragma once
 
 #include <cuda_bf16.h>

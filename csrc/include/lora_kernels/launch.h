@@ -1,7 +1,8 @@
 // Torch-free CUDA launchers: raw pointers in (params.h), launch on `stream`, return the
 // launch's cudaError_t. No host synchronization; every grid depends on shapes only, so every
 // launch is CUDA-graph capturable. Any index value is safe: slots outside [0, N) act as "no
-// adapter", ranks are clamped to [0, R], token ids outside [0, vocab) read nothing.
+// adapter", ranks are clamped to [0, R], token ids outside [0, vocab) read nothing. The decode
+// launchers also take a device workspace, sized by the shapes (decode_workspace_bytes).
 //
 // Grouping: once per op call, before the shrink, launch_build_plan orders the tokens by slot on
 // the device (a device workspace of plan_workspace_bytes(T, N) bytes; no host sync, no O(T^2)
@@ -57,6 +58,39 @@ cudaError_t launch_expand(const ExpandParams& p, cudaStream_t stream);
 // slice's results are bit-equal to launch_shrink / launch_expand on that slice alone.
 cudaError_t launch_shrink_slices(const ShrinkParams* slices, int64_t n, cudaStream_t stream);
 cudaError_t launch_expand_slices(const ExpandParams* slices, int64_t n, cudaStream_t stream);
+
+// Decode (few tokens): a split-K shrink, and shrink + expand in one launch (decode.cuh).
+//
+// decode_config(sp, &ep) (add_lora) or decode_config(sp, nullptr) (a shrink alone) picks, from
+// shapes and alignment only (T, R, H_in, H_out, dtype, vector path; never index values), how
+// many K splits the shrink takes (splits = 1: the plain launch_shrink) and whether the expand
+// runs in the same launch (fused); decode.cu holds the rule and its bytes / launches model.
+// workspace_bytes is what the launch needs (0 for the plain path): the fp32 (fp64) partial
+// sums of v and one counter per token, in one device buffer, 256-byte aligned. The counters must
+// be zero when a launch starts: the launcher clears them with cudaMemsetAsync on `stream`
+// unless counters_zero is true. Each launch leaves them zero again, so a server that zeroes
+// its workspace once and uses it on one stream at a time may pass counters_zero = true (and
+// save the memset). A config other than decode_config's (e.g. more splits) is valid too, and
+// gives the same results up to the order of the fp32 sums: each split's sum, then the splits
+// in order, so the bits of v and y never depend on the order the blocks ran in.
+struct DecodeConfig {
+  int64_t splits = 1;  // K splits of H_in in the shrink (at least 1)
+  bool fused = false;  // add_lora's shrink and expand in one launch
+  int64_t workspace_bytes = 0;
+};
+DecodeConfig decode_config(const ShrinkParams& sp, const ExpandParams* ep);
+// The workspace size of another config (decode_config fills workspace_bytes itself).
+int64_t decode_workspace_bytes(const ShrinkParams& sp, const DecodeConfig& c);
+
+// launch_shrink's result with c.splits K splits (c.fused is ignored); splits <= 1 is launch_shrink.
+cudaError_t launch_shrink_decode(const ShrinkParams& sp, const DecodeConfig& c, void* workspace, bool counters_zero,
+                                 cudaStream_t stream);
+
+// launch_shrink then launch_expand (sp and ep share the token map; ep.v is sp.v), by the
+// config: one launch when c.fused (v is then not written: the expand reads the partials), else
+// launch_shrink_decode + launch_expand.
+cudaError_t launch_add_lora(const ShrinkParams& sp, const ExpandParams& ep, const DecodeConfig& c, void* workspace,
+                            bool counters_zero, cudaStream_t stream);
 
 // v[t, j] = lora_a[a, j, token_ids[t]] for j < r_a, else 0. Per token: needs no plan.
 cudaError_t launch_embedding_shrink(const EmbeddingShrinkParams& p, cudaStream_t stream);

@@ -18,6 +18,16 @@ constexpr int kGroupTokens = 8;
 // Expand: columns of v staged in shared memory per pass over the rank.
 constexpr int kRankChunk = 64;
 
+// Decode (decode.cuh, decode.cu's decode_config): the split-K shrink adds K splits until the grid
+// has about this many blocks (2 per SM of an H200's 132 SMs: decode_kernel's
+// __launch_bounds__(kThreads, 2) keeps 2 blocks resident per SM).
+constexpr int kDecodeTargetBlocks = 2 * 132;
+// The fused shrink + expand (one launch): at most this many tokens (every group's last block
+// runs at once), and at most this many kThreads-column tiles of H_out (that block streams them
+// one after the other).
+constexpr int kFusedMaxTokens = 64;
+constexpr int kFusedMaxColTiles = 4;
+
 // add_lora_slices: slices per launch (more go in launches of this many).
 constexpr int kMaxSlicesPerLaunch = 8;
 
