@@ -50,11 +50,6 @@ struct CudaBackend {
     p.map.plan = plan.plan;
     return p;
   }
-  template <typename Params>
-  static Params with_plan(Params p, const Plan& plan) {
-    p.map.plan = plan.plan;
-    return p;
-  }
   // The shrink alone (bgmv_shrink / sgmv_shrink) and add_lora take decode_config's path: a
   // split-K shrink for few tokens, and for add_lora shrink + expand in one launch where the model
   // in decode.cu says it pays. The workspace comes from the caching allocator (no host sync,
