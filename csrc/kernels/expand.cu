@@ -18,6 +18,7 @@ bool expand_vectorized(const ExpandParams& p) {
 
 cudaError_t launch_expand(const ExpandParams& p, cudaStream_t stream) {
   if (p.map.num_tokens == 0 || p.max_rank == 0 || p.h_out == 0) return cudaSuccess;
+  if (tensor_core_path(p.dtype, p.map)) return launch_expand_tc(p, stream);  // tc.cu
   const dim3 grid(static_cast<unsigned>(p.map.num_tokens), detail::ceil_div(p.h_out, detail::kThreads));
   return detail::dispatch_dtype(p.dtype, [&](auto elem) {
     using T = decltype(elem);

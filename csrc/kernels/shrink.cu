@@ -19,6 +19,7 @@ bool shrink_vectorized(const ShrinkParams& p) {
 
 cudaError_t launch_shrink(const ShrinkParams& p, cudaStream_t stream) {
   if (p.map.num_tokens == 0 || p.max_rank == 0) return cudaSuccess;
+  if (tensor_core_path(p.dtype, p.map)) return launch_shrink_tc(p, stream);  // tc.cu
   const dim3 grid(static_cast<unsigned>(p.map.num_tokens), detail::ceil_div(p.max_rank, kRows));
   return detail::dispatch_dtype(p.dtype, [&](auto elem) {
     using T = decltype(elem);

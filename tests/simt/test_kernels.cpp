@@ -82,6 +82,7 @@ struct Spec {
   bool one_slot = false;      // every token on slot 0: many leader groups of one adapter
   bool sorted = false;        // indices sorted (else random order)
   bool bf16_only = false;  // a large shape: run it in the serving dtype only
+  bool tc = false;  // fp16 / bf16 take the tensor-core path (cuda::tensor_core_path; checked by its launch counter)
 };
 
 struct Result {
@@ -228,7 +229,17 @@ Result run_linear(const Spec& s, bool segments, uint32_t seed, bool* vectorized)
   sp.num_slots = N, sp.max_rank = R, sp.h_in = Hi, sp.dtype = Ty::kDType, sp.map = map;
   constexpr int kVec = 16 / sizeof(T);
   *vectorized = Hi % kVec == 0 && xs % kVec == 0 && s.x_off % kVec == 0;
+  // The tensor-core path: fp16 / bf16 cases marked tc (shaped to pass tensor_core_path's rule).
+  const bool tc = s.tc && (std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>) && R > 0;
+  uint64_t launches = cuda::tensor_core_launches();
+  const auto check_path = [&](const char* phase) {
+    const uint64_t now = cuda::tensor_core_launches();
+    res.check(now - launches == (tc ? 1u : 0u), std::string(phase) + (tc ? " did not take the tensor-core path"
+                                                                        : " took the tensor-core path unexpectedly"));
+    launches = now;
+  };
   res.check(cuda::launch_shrink(sp, nullptr) == cudaSuccess, "launch_shrink reported an error");
+  check_path("launch_shrink");
   if (!res.ok) return res;
   double err2 = 0, ref2 = 0;
   for (int64_t t = 0; t < T_; ++t)
@@ -253,6 +264,7 @@ Result run_linear(const Spec& s, bool segments, uint32_t seed, bool* vectorized)
   ep.dtype = Ty::kDType, ep.map = map;
   std::vector<T> y_in(y.p, y.p + y.n);
   res.check(cuda::launch_expand(ep, nullptr) == cudaSuccess, "launch_expand reported an error");
+  check_path("launch_expand");
   if (!res.ok) return res;
   err2 = ref2 = 0;
   double yref2 = 0;
@@ -274,7 +286,8 @@ Result run_linear(const Spec& s, bool segments, uint32_t seed, bool* vectorized)
     if (!in_view[i]) res.check(std::memcmp(&y.p[i], &y_in[i], sizeof(T)) == 0, "y changed outside the [T, H_out] view");
   const double y_err = update_error(err2, ref2, yref2, Ty::kEps);
   res.check(y_err < Ty::kTol, "expand: relative update error " + fmt("%.3g", y_err) + " >= " + fmt("%g", Ty::kTol));
-  res.why = res.ok ? "v err " + fmt("%.2g", v_err) + ", y err " + fmt("%.2g", y_err) : res.why;
+  res.why = res.ok ? "v err " + fmt("%.2g", v_err) + ", y err " + fmt("%.2g", y_err) + (tc ? ", tensor cores" : "")
+                   : res.why;
   return res;
 }
 
@@ -587,6 +600,13 @@ std::vector<Spec> linear_specs(bool quick) {
       {"sorted, many segments", 64, 48, 24, 5, 4},
       {"out-of-range slots and ranks", 40, 67, 33, 4, 6},
       {"decode-64 (a GPU test shape)", 64, 4096, 4096, 64, 16},
+      // The tensor-core path (T >= 128, and >= 32 tokens per segment over the 5 segments).
+      {"TC T=160 odd H rank 17 strided unaligned", 160, 131, 97, 4, 17},
+      {"TC T=200 aligned rank 16 H_out 136", 200, 64, 136, 3, 16},
+      {"TC T=170 H_in=3 H_out=1 rank 20", 170, 3, 1, 3, 20},
+      {"TC T=170 rank 72 H_out 300 no bias", 170, 40, 300, 3, 72},
+      {"TC T=256 one adapter (4 full groups)", 256, 48, 40, 1, 8},
+      {"TC T=180 out-of-range slots and ranks", 180, 33, 24, 4, 6},
   };
   all[6].idx64 = true;
   all[8].one_slot = true;
@@ -596,8 +616,14 @@ std::vector<Spec> linear_specs(bool quick) {
   all[13].sorted = true, all[13].S = 12;
   all[14].out_of_range = true;
   all[15].bf16_only = true;
+  all[7].tc = all[8].tc = true;
+  for (size_t i = 16; i < all.size(); ++i) all[i].tc = true;
+  all[16].x_pad = 3, all[16].x_off = 1, all[16].y_pad = 5, all[16].y_off = 2, all[16].idx64 = true;
+  all[19].bias = false;
+  all[20].one_slot = true;
+  all[21].out_of_range = true;
   if (!quick) return all;
-  return {all[14], all[4]};  // for the planted bugs: what catches each one first
+  return {all[14], all[4], all[16]};  // for the planted bugs: what catches each one first (all[16] in bf16)
 }
 
 }  // namespace
@@ -644,7 +670,7 @@ int main(int argc, char** argv) {
     for (bool segments : {false, true}) {
       each_dtype([&](auto elem) {
         using T = decltype(elem);
-        if (!go || (quick && !std::is_same_v<T, float>)) return;
+        if (!go || (quick && !(std::is_same_v<T, float> || (s.tc && std::is_same_v<T, __nv_bfloat16>)))) return;
         if (s.bf16_only && !std::is_same_v<T, __nv_bfloat16>) return;
         const std::string name = std::string(segments ? "sgmv " : "bgmv ") + Type<T>::kName + " " + s.name;
         ++seed;

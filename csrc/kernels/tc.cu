@@ -1,0 +1,67 @@
+// Tensor-core launchers (tc_kernels.cuh) and the shape-only rule by which launch_shrink /
+// launch_expand take them.
+#include <atomic>
+
+#include "dispatch.cuh"
+#include "lora_kernels/kernel_launch.h"
+#include "lora_kernels/launch.h"
+#include "lora_kernels/tc_kernels.cuh"
+
+namespace lora_kernels::cuda {
+namespace {
+std::atomic<uint64_t> g_tc_launches{0};
+
+// fp16 / bf16 only: T is __half or __nv_bfloat16.
+template <typename Fn>
+cudaError_t dispatch_half(DType dtype, Fn&& fn) {
+  switch (dtype) {
+    case DType::kFloat16: return fn(__half{});
+    case DType::kBFloat16: return fn(__nv_bfloat16{});
+    default: return cudaErrorInvalidValue;
+  }
+}
+}  // namespace
+
+bool tensor_core_path(DType dtype, const TokenMap& map) {
+  if (dtype != DType::kFloat16 && dtype != DType::kBFloat16) return false;
+  const int64_t T = map.num_tokens;
+  if (T < tiles::kTcMinTokens) return false;
+  if (map.indices.present()) return true;
+  return T >= tiles::kTcMinTokensPerSegment * map.num_segments;
+}
+
+uint64_t tensor_core_launches() { return g_tc_launches.load(std::memory_order_relaxed); }
+
+cudaError_t launch_shrink_tc(const ShrinkParams& p, cudaStream_t stream) {
+  if (p.map.num_tokens == 0 || p.max_rank == 0) return cudaSuccess;
+  const dim3 grid(static_cast<unsigned>(p.map.num_tokens), detail::ceil_div(p.max_rank, tiles::kTcShrinkRank));
+  return dispatch_half(p.dtype, [&](auto elem) {
+    using T = decltype(elem);
+    // 16-byte loads when x's rows and A are 16-byte aligned (the CUDA-core shrink's rule).
+    const bool vec = p.h_in % 8 == 0 && p.x_stride % 8 == 0 && detail::aligned16(p.x) && detail::aligned16(p.lora_a);
+    g_tc_launches.fetch_add(1, std::memory_order_relaxed);
+    if (vec)
+      LK_LAUNCH(grid, detail::kThreads, 0, stream, detail::tc_shrink_kernel<T, 8>)(p);
+    else
+      LK_LAUNCH(grid, detail::kThreads, 0, stream, detail::tc_shrink_kernel<T, 1>)(p);
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t launch_expand_tc(const ExpandParams& p, cudaStream_t stream) {
+  if (p.map.num_tokens == 0 || p.max_rank == 0 || p.h_out == 0) return cudaSuccess;
+  const dim3 grid(static_cast<unsigned>(p.map.num_tokens), detail::ceil_div(p.h_out, tiles::kTcExpandCols));
+  return dispatch_half(p.dtype, [&](auto elem) {
+    using T = decltype(elem);
+    // 16-byte loads of B's rows when B is 16-byte aligned and R a multiple of 8 (the CUDA-core rule).
+    const bool vec = p.max_rank % 8 == 0 && detail::aligned16(p.lora_b);
+    g_tc_launches.fetch_add(1, std::memory_order_relaxed);
+    if (vec)
+      LK_LAUNCH(grid, detail::kThreads, 0, stream, detail::tc_expand_kernel<T, 8>)(p);
+    else
+      LK_LAUNCH(grid, detail::kThreads, 0, stream, detail::tc_expand_kernel<T, 1>)(p);
+    return cudaGetLastError();
+  });
+}
+
+}  // namespace lora_kernels::cuda
