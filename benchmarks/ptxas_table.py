@@ -9,6 +9,7 @@ memory. Usage: python benchmarks/ptxas_table.py [--src csrc] [--arch 80 90]
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import re
 import subprocess
@@ -60,7 +61,7 @@ def main() -> None:
     ap.add_argument("--arch", nargs="+", default=["80", "90"])
     args = ap.parse_args()
     rows = []
-    for cu in ("shrink.cu", "expand.cu"):
+    for cu in sorted(os.path.basename(p) for p in glob.glob(os.path.join(args.src, "kernels", "*.cu"))):
         for arch in args.arch:
             rows += compile_one(args.src, cu, arch)
     names = demangle([r[0] for r in rows])
