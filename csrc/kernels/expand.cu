@@ -33,6 +33,7 @@ cudaError_t launch_expand(const ExpandParams& p, cudaStream_t stream) {
 
 cudaError_t launch_expand_slices(const ExpandParams* slices, int64_t n, cudaStream_t stream) {
   if (n <= 0 || slices[0].map.num_tokens == 0) return cudaSuccess;
+  if (tensor_core_path(slices[0].dtype, slices[0].map)) return launch_expand_slices_tc(slices, n, stream);  // tc.cu
   return detail::dispatch_dtype(slices[0].dtype, [&](auto elem) {
     using T = decltype(elem);
     constexpr int kVec = 16 / sizeof(T);

@@ -1,5 +1,5 @@
 // Tensor-core launchers (tc_kernels.cuh) and the shape-only rule by which launch_shrink /
-// launch_expand take them.
+// launch_expand and their slices variants take them.
 #include <atomic>
 
 #include "dispatch.cuh"
@@ -20,6 +20,13 @@ cudaError_t dispatch_half(DType dtype, Fn&& fn) {
     default: return cudaErrorInvalidValue;
   }
 }
+
+// 16-byte loads when x's rows and A are 16-byte aligned (the CUDA-core shrink's rule).
+bool shrink_vec(const ShrinkParams& p) {
+  return p.h_in % 8 == 0 && p.x_stride % 8 == 0 && detail::aligned16(p.x) && detail::aligned16(p.lora_a);
+}
+// 16-byte loads of B's rows when B is 16-byte aligned and R a multiple of 8 (the CUDA-core rule).
+bool expand_vec(const ExpandParams& p) { return p.max_rank % 8 == 0 && detail::aligned16(p.lora_b); }
 }  // namespace
 
 bool tensor_core_path(DType dtype, const TokenMap& map) {
@@ -37,10 +44,8 @@ cudaError_t launch_shrink_tc(const ShrinkParams& p, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(p.map.num_tokens), detail::ceil_div(p.max_rank, tiles::kTcShrinkRank));
   return dispatch_half(p.dtype, [&](auto elem) {
     using T = decltype(elem);
-    // 16-byte loads when x's rows and A are 16-byte aligned (the CUDA-core shrink's rule).
-    const bool vec = p.h_in % 8 == 0 && p.x_stride % 8 == 0 && detail::aligned16(p.x) && detail::aligned16(p.lora_a);
     g_tc_launches.fetch_add(1, std::memory_order_relaxed);
-    if (vec)
+    if (shrink_vec(p))
       LK_LAUNCH(grid, detail::kThreads, 0, stream, detail::tc_shrink_kernel<T, 8>)(p);
     else
       LK_LAUNCH(grid, detail::kThreads, 0, stream, detail::tc_shrink_kernel<T, 1>)(p);
@@ -53,14 +58,52 @@ cudaError_t launch_expand_tc(const ExpandParams& p, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(p.map.num_tokens), detail::ceil_div(p.h_out, tiles::kTcExpandCols));
   return dispatch_half(p.dtype, [&](auto elem) {
     using T = decltype(elem);
-    // 16-byte loads of B's rows when B is 16-byte aligned and R a multiple of 8 (the CUDA-core rule).
-    const bool vec = p.max_rank % 8 == 0 && detail::aligned16(p.lora_b);
     g_tc_launches.fetch_add(1, std::memory_order_relaxed);
-    if (vec)
+    if (expand_vec(p))
       LK_LAUNCH(grid, detail::kThreads, 0, stream, detail::tc_expand_kernel<T, 8>)(p);
     else
       LK_LAUNCH(grid, detail::kThreads, 0, stream, detail::tc_expand_kernel<T, 1>)(p);
     return cudaGetLastError();
+  });
+}
+
+cudaError_t launch_shrink_slices_tc(const ShrinkParams* slices, int64_t n, cudaStream_t stream) {
+  if (n <= 0 || slices[0].map.num_tokens == 0) return cudaSuccess;
+  return dispatch_half(slices[0].dtype, [&](auto elem) {
+    using T = decltype(elem);
+    using Batch = detail::SliceBatch<ShrinkParams>;
+    return detail::for_each_slice_batch<Batch>(
+        slices, n, detail::kMaxSlicesPerLaunch,
+        [](const ShrinkParams& p) -> int64_t {
+          return p.max_rank == 0 ? 0 : detail::ceil_div(p.max_rank, tiles::kTcShrinkRank);
+        },
+        [](const ShrinkParams& p) { return shrink_vec(p); },  // as launch_shrink_tc decides
+        [&](const Batch& batch, int64_t blocks) {
+          const dim3 grid(static_cast<unsigned>(slices[0].map.num_tokens), static_cast<unsigned>(blocks));
+          g_tc_launches.fetch_add(1, std::memory_order_relaxed);
+          LK_LAUNCH(grid, detail::kThreads, 0, stream, detail::tc_shrink_slices_kernel<T>)(batch);
+          return cudaGetLastError();
+        });
+  });
+}
+
+cudaError_t launch_expand_slices_tc(const ExpandParams* slices, int64_t n, cudaStream_t stream) {
+  if (n <= 0 || slices[0].map.num_tokens == 0) return cudaSuccess;
+  return dispatch_half(slices[0].dtype, [&](auto elem) {
+    using T = decltype(elem);
+    using Batch = detail::SliceBatch<ExpandParams>;
+    return detail::for_each_slice_batch<Batch>(
+        slices, n, detail::kMaxSlicesPerLaunch,
+        [](const ExpandParams& p) -> int64_t {
+          return p.max_rank == 0 || p.h_out == 0 ? 0 : detail::ceil_div(p.h_out, tiles::kTcExpandCols);
+        },
+        [](const ExpandParams& p) { return expand_vec(p); },  // as launch_expand_tc decides
+        [&](const Batch& batch, int64_t blocks) {
+          const dim3 grid(static_cast<unsigned>(slices[0].map.num_tokens), static_cast<unsigned>(blocks));
+          g_tc_launches.fetch_add(1, std::memory_order_relaxed);
+          LK_LAUNCH(grid, detail::kThreads, 0, stream, detail::tc_expand_slices_kernel<T>)(batch);
+          return cudaGetLastError();
+        });
   });
 }
 

@@ -374,6 +374,7 @@ struct SliceSpec {
   bool bias = true, ranks = true, idx64 = false, out_of_range = false;
   int64_t x_pad = 0, x_off = 0, y_pad = 0, y_off = 0;
   int misaligned = -1;  // this slice's lora_a and lora_b start one element past a 16-byte boundary
+  bool tc = false;      // fp16 / bf16 take the tensor-core path (checked by its launch counter)
 };
 
 template <typename T>
@@ -478,7 +479,16 @@ Result run_slices(const SliceSpec& s, bool segments, uint32_t seed) {
   // Shrink: all slices in one call, then each slice alone (bit-equal).
   std::vector<ShrinkParams> sps;
   for (auto& c : sl) sps.push_back(c.sp);
+  const bool tc = s.tc && (std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>);
+  uint64_t launches = cuda::tensor_core_launches();
+  const auto check_path = [&](const char* phase) {
+    const uint64_t now = cuda::tensor_core_launches();
+    res.check((now > launches) == tc, std::string(phase) + (tc ? " did not take the tensor-core path"
+                                                                : " took the tensor-core path unexpectedly"));
+    launches = now;
+  };
   res.check(cuda::launch_shrink_slices(sps.data(), n, nullptr) == cudaSuccess, "launch_shrink_slices reported an error");
+  check_path("launch_shrink_slices");
   for (auto& c : sl) {
     ShrinkParams alone = c.sp;
     alone.v = c.v_alone->p;
@@ -516,7 +526,9 @@ Result run_slices(const SliceSpec& s, bool segments, uint32_t seed) {
   std::vector<T> y_in(y.p, y.p + y.n);
   std::vector<ExpandParams> eps;
   for (auto& c : sl) eps.push_back(c.ep);
+  launches = cuda::tensor_core_launches();
   res.check(cuda::launch_expand_slices(eps.data(), n, nullptr) == cudaSuccess, "launch_expand_slices reported an error");
+  check_path("launch_expand_slices");
   for (auto& c : sl) {
     ExpandParams alone = c.ep;
     alone.y = y_alone.p + s.y_off + c.col;
@@ -557,7 +569,8 @@ Result run_slices(const SliceSpec& s, bool segments, uint32_t seed) {
   for (size_t i = 0; i < y.n; ++i)
     if (!in_view[i]) res.check(std::memcmp(&y.p[i], &y_in[i], sizeof(T)) == 0, "y changed outside the slices' columns");
   res.check(std::memcmp(y.p, y_alone.p, y.n * sizeof(T)) == 0, "y differs bitwise from launch_expand on each slice alone");
-  res.why = res.ok ? "v err " + fmt("%.2g", worst_v) + ", y err " + fmt("%.2g", worst_y) + ", bit-equal per slice"
+  res.why = res.ok ? "v err " + fmt("%.2g", worst_v) + ", y err " + fmt("%.2g", worst_y) + ", bit-equal per slice" +
+                         (tc ? ", tensor cores" : "")
                    : res.why;
   return res;
 }
@@ -572,11 +585,15 @@ std::vector<SliceSpec> slice_specs(bool quick) {
       {"slices out-of-range slots and ranks", 12, 40, 4, {20, 12}, {4, 6}},
       {"slices rank 72 and H_out 300", 6, 40, 2, {300, 20}, {72, 3}},
       {"slices 10 (two launches per phase)", 9, 32, 3, {8, 4, 8, 4, 8, 4, 8, 4, 8, 12}, {1, 2, 3, 4, 1, 2, 3, 4, 1, 2}},
+      {"slices TC T=160 qkv ranks 16 17 8", 160, 72, 4, {136, 40, 24}, {16, 17, 8}},
+      {"slices TC T=170 strided, mixed vector paths", 170, 40, 3, {40, 24, 9}, {8, 8, 4}},
   };
   all[2].bias = false, all[2].ranks = false;
   all[3].x_pad = 3, all[3].x_off = 1, all[3].y_pad = 5, all[3].y_off = 2, all[3].idx64 = true;
   all[3].misaligned = 1;
   all[4].out_of_range = true;
+  all[7].tc = all[8].tc = true;
+  all[8].x_pad = 3, all[8].x_off = 1, all[8].y_pad = 5, all[8].y_off = 2, all[8].misaligned = 1;
   if (quick) return {all[3], all[1]};  // for the planted bugs (fp32, indices only)
   return all;
 }

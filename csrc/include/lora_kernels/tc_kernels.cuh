@@ -266,4 +266,31 @@ __global__ void __launch_bounds__(kThreads) tc_expand_kernel(const ExpandParams 
   tc_expand_block<T, VEC>(p, blockIdx.x, blockIdx.y, sh);
 }
 
+// add_lora_slices on the tensor-core path: the folded grid of SliceBatch (kernels.cuh), each
+// block running the single-slice tensor-core body on its slice with that slice's vector width,
+// so each slice's result is bit-equal to launch_shrink_tc / launch_expand_tc on it alone.
+// grid (T, sum_i ceil(R_i / kTcShrinkRank)).
+template <typename T>
+__global__ void __launch_bounds__(kThreads) tc_shrink_slices_kernel(const __grid_constant__ SliceBatch<ShrinkParams> p) {
+  __shared__ TcShrinkShared sh;
+  int64_t local = 0;
+  const int i = slice_of(p, blockIdx.y, local);
+  if (p.vectorized[i])
+    tc_shrink_block<T, 8>(p.slice[i], blockIdx.x, local, sh);
+  else
+    tc_shrink_block<T, 1>(p.slice[i], blockIdx.x, local, sh);
+}
+
+// grid (T, sum_i ceil(H_out_i / kTcExpandCols)).
+template <typename T>
+__global__ void __launch_bounds__(kThreads) tc_expand_slices_kernel(const __grid_constant__ SliceBatch<ExpandParams> p) {
+  __shared__ TcExpandShared sh;
+  int64_t local = 0;
+  const int i = slice_of(p, blockIdx.y, local);
+  if (p.vectorized[i])
+    tc_expand_block<T, 8>(p.slice[i], blockIdx.x, local, sh);
+  else
+    tc_expand_block<T, 1>(p.slice[i], blockIdx.x, local, sh);
+}
+
 }  // namespace lora_kernels::cuda::detail
