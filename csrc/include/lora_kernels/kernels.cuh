@@ -6,6 +6,11 @@
 // kMaxTokens - 1 tokens with the same slot. Blocks that lead nothing exit at once. Each group
 // streams its adapter's weights once for all of its tokens, with 16-byte loads when the
 // alignment allows, accumulating in fp32 (fp64 for fp64 data).
+//
+// These are the CUDA-core kernels (groups of kGroupTokens = 8 tokens): every fp32 / fp64 call,
+// and fp16 / bf16 calls with few tokens. fp16 / bf16 calls with many tokens take the
+// tensor-core kernels of tc_kernels.cuh instead (mma.sync on groups of 64 tokens, the same
+// find_group; launch.h: tensor_core_path).
 #pragma once
 
 #include <cuda_bf16.h>
