@@ -97,6 +97,11 @@ BUGS = [
         "if (m < count && o < p.h_out) {",
         "if (m < count && o <= p.h_out) {",
         ("wrong result", "AddressSanitizer")),
+    Bug("add_lora_slices on tensor cores: the expand takes the vector path for every slice",
+        "include/lora_kernels/tc_kernels.cuh",
+        "  if (p.vectorized[i])\n    tc_expand_block<T, 8>",
+        "  if (true)\n    tc_expand_block<T, 8>",
+        ("misaligned load report",)),
 ]
 
 
