@@ -20,6 +20,7 @@ bool shrink_vectorized(const ShrinkParams& p) {
 cudaError_t launch_shrink(const ShrinkParams& p, cudaStream_t stream) {
   if (p.map.num_tokens == 0 || p.max_rank == 0) return cudaSuccess;
   if (!detail::plan_ready(p.map, p.num_slots)) return cudaErrorInvalidValue;
+  if (tensor_core_path(p.dtype, p.map)) return launch_shrink_tc(p, stream);  // tc.cu
   const dim3 grid(static_cast<unsigned>(max_groups(p.map.num_tokens, p.num_slots, kMaxTokens)), detail::ceil_div(p.max_rank, kRows));
   return detail::dispatch_dtype(p.dtype, [&](auto elem) {
     using T = decltype(elem);
@@ -35,6 +36,7 @@ cudaError_t launch_shrink(const ShrinkParams& p, cudaStream_t stream) {
 cudaError_t launch_shrink_slices(const ShrinkParams* slices, int64_t n, cudaStream_t stream) {
   if (n <= 0 || slices[0].map.num_tokens == 0) return cudaSuccess;
   if (!detail::plans_ready(slices, n)) return cudaErrorInvalidValue;
+  if (tensor_core_path(slices[0].dtype, slices[0].map)) return launch_shrink_slices_tc(slices, n, stream);  // tc.cu
   return detail::dispatch_dtype(slices[0].dtype, [&](auto elem) {
     using T = decltype(elem);
     constexpr int kVec = 16 / sizeof(T);

@@ -23,7 +23,9 @@
 // Tensor-core and other inline-PTX instructions get executor twins: the kernel reaches each
 // instruction shape through one device function, whose `#if defined(LK_SIMT)` branch calls a twin
 // written on top of lk_simt::warp_collective (all 32 lanes' operands in one place, the result
-// per lane, the PTX ISA's fragment layout), so every such instruction is a rendezvous too.
+// per lane, the PTX ISA's fragment layout), so every such instruction is a rendezvous too. The
+// tensor-core twins (csrc/include/lora_kernels/mma.cuh) move more than 8 bytes a lane, through
+// lk_simt::warp_registers.
 #pragma once
 
 #if defined(__CUDACC__)
@@ -125,6 +127,23 @@ struct Launch {
 template <auto Kernel>
 Launch<Kernel> launch(dim3 grid, dim3 block, size_t smem, cudaStream_t /*stream: runs now*/) {
   return Launch<Kernel>{grid, block, smem};
+}
+
+// An instruction twin whose operands are wider than a collective's 8 bytes (a tensor-core mma
+// takes 40 bytes a lane and returns 16): every lane of the warp (mask 0xffffffff, as the
+// .aligned instructions require) passes its own Regs, which stay on its stack while it waits at
+// the rendezvous; the last lane in calls F with all 32 lanes' Regs (lane order), and F writes
+// each lane's result into its Regs. One rendezvous per call: a lane that exited or waits
+// elsewhere is a deadlock, lanes at different twins a protocol error, as for any collective.
+template <typename Regs, void (*F)(Regs* const* lanes)>
+void warp_registers(Regs& regs) {
+  static_assert(sizeof(uintptr_t) <= sizeof(uint64_t), "a lane's Regs travel as a pointer");
+  warp_collective(Kind::kUser, 0xffffffffu, static_cast<uint64_t>(reinterpret_cast<uintptr_t>(&regs)), 0, 32,
+                  [](const uint64_t* in, const int*, unsigned, uint64_t*) {
+                    Regs* lanes[32];
+                    for (int l = 0; l < 32; ++l) lanes[l] = reinterpret_cast<Regs*>(static_cast<uintptr_t>(in[l]));
+                    F(lanes);
+                  });
 }
 
 template <typename T>

@@ -9,7 +9,10 @@
 #include <string>
 #include <vector>
 
+#include <random>
+
 #include "lora_kernels/kernel_launch.h"
+#include "lora_kernels/mma.cuh"
 
 namespace {
 
@@ -81,6 +84,89 @@ __device__ int reverse_lanes(int v) {
 }
 
 __global__ void twin(int* out) { out[threadIdx.x] = reverse_lanes(static_cast<int>(threadIdx.x) * 3); }
+
+// The tensor-core twins (mma.cuh) against a plain matmul. The fragments are built here from the
+// PTX ISA's per-element formulas (9.7.14.5.7 / 9.7.14.5.8: element ai / bi / ci of the lane with
+// g = laneid >> 2, t = laneid % 4), written element by element, not as the twins write them.
+template <typename T>
+uint32_t bits16(float f) {
+  T v = std::is_same_v<T, __half> ? T(__float2half_rn(f)) : T(__float2bfloat16_rn(f));
+  uint16_t u;
+  std::memcpy(&u, &v, 2);
+  return u;
+}
+uint32_t bits32(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+
+// A 16x16, B 16x8 (row-major, values exact in T), C and D 16x8: D = A B + C, one warp.
+template <typename T>
+__global__ void mma_m16n8k16_check(const float* A, const float* B, const float* C, float* D) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane % 4;
+  uint32_t a[4] = {0, 0, 0, 0}, b[2] = {0, 0};
+  float c[4], d[4];
+  for (int i = 0; i < 8; ++i) {
+    const int row = (i < 2 || (i >= 4 && i < 6)) ? g : g + 8;
+    const int col = t * 2 + (i & 1) + (i >= 4 ? 8 : 0);
+    a[i / 2] |= bits16<T>(A[row * 16 + col]) << (16 * (i % 2));  // elements low to high
+  }
+  for (int i = 0; i < 4; ++i) {
+    const int row = t * 2 + (i & 1) + (i >= 2 ? 8 : 0), col = g;
+    b[i / 2] |= bits16<T>(B[row * 8 + col]) << (16 * (i % 2));
+  }
+  for (int i = 0; i < 4; ++i) c[i] = C[(i < 2 ? g : g + 8) * 8 + t * 2 + (i & 1)];
+  lora_kernels::cuda::detail::mma_m16n8k16<T>(d, a, b, c);
+  for (int i = 0; i < 4; ++i) D[(i < 2 ? g : g + 8) * 8 + t * 2 + (i & 1)] = d[i];
+}
+
+// A 16x8, B 8x8 (tf32: fp32 registers, low 13 bits ignored), C and D 16x8: D = A B + C.
+__global__ void mma_m16n8k8_tf32_check(const float* A, const float* B, const float* C, float* D) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane % 4;
+  uint32_t a[4], b[2];
+  float c[4], d[4];
+  for (int i = 0; i < 4; ++i) {
+    const int row = (i == 0 || i == 2) ? g : g + 8, col = i < 2 ? t : t + 4;
+    a[i] = bits32(A[row * 8 + col]);
+  }
+  for (int i = 0; i < 2; ++i) b[i] = bits32(B[(i == 0 ? t : t + 4) * 8 + g]);
+  for (int i = 0; i < 4; ++i) c[i] = C[(i < 2 ? g : g + 8) * 8 + t * 2 + (i & 1)];
+  lora_kernels::cuda::detail::mma_m16n8k8_tf32(d, a, b, c);
+  for (int i = 0; i < 4; ++i) D[(i < 2 ? g : g + 8) * 8 + t * 2 + (i & 1)] = d[i];
+}
+
+__global__ void tf32_check(const float* in, uint32_t* out) {
+  out[threadIdx.x] = lora_kernels::cuda::detail::to_tf32(in[threadIdx.x]);
+}
+
+// Relative Frobenius error of D against the float64 product of the same operands.
+template <typename Kernel>
+double mma_error(Kernel kernel, int K, float (*operand)(float), uint32_t seed) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<float> normal;
+  std::vector<float> A(16 * K), B(K * 8), C(16 * 8), D(16 * 8, std::nanf(""));
+  for (auto& v : A) v = operand(normal(gen));
+  for (auto& v : B) v = operand(normal(gen));
+  for (auto& v : C) v = normal(gen);
+  kernel(A.data(), B.data(), C.data(), D.data());
+  if (cudaGetLastError() != cudaSuccess) return 1e30;
+  auto tf32 = [](float f) {  // what the tensor cores read of a tf32 operand
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    u &= 0xffffe000u;
+    std::memcpy(&f, &u, 4);
+    return static_cast<double>(f);
+  };
+  double err2 = 0, ref2 = 0;
+  for (int m = 0; m < 16; ++m)
+    for (int n = 0; n < 8; ++n) {
+      double want = C[m * 8 + n];
+      for (int k = 0; k < K; ++k) want += (K == 8 ? tf32(A[m * K + k]) * tf32(B[k * 8 + n]) : double(A[m * K + k]) * B[k * 8 + n]);
+      err2 += (D[m * 8 + n] - want) * (D[m * 8 + n] - want), ref2 += want * want;
+    }
+  return std::sqrt(err2 / ref2);
+}
 
 __global__ void exited_lane(int* out) {
   if (threadIdx.x == 5) return;
@@ -194,6 +280,32 @@ void executor_checks(int& passed, int& failed) {
     bool ok = cudaGetLastError() == cudaSuccess;
     for (int t = 0; t < 64; ++t) ok = ok && out[t] == (t / 32 * 32 + 31 - t % 32) * 3;
     check(ok, "a warp-wide instruction twin (Kind::kUser) sees every lane's operand");
+  }
+  {
+    const auto fp16 = [](float f) { return __half2float(__float2half_rn(f)); };
+    const auto bf16 = [](float f) { return __bfloat162float(__float2bfloat16_rn(f)); };
+    const auto any = [](float f) { return f; };
+    const double e16 = mma_error([](const float* A, const float* B, const float* C, float* D) {
+      LK_LAUNCH(1, 32, 0, nullptr, mma_m16n8k16_check<__half>)(A, B, C, D);
+    }, 16, fp16, 1);
+    const double eb16 = mma_error([](const float* A, const float* B, const float* C, float* D) {
+      LK_LAUNCH(1, 32, 0, nullptr, mma_m16n8k16_check<__nv_bfloat16>)(A, B, C, D);
+    }, 16, bf16, 2);
+    const double etf = mma_error([](const float* A, const float* B, const float* C, float* D) {
+      LK_LAUNCH(1, 32, 0, nullptr, mma_m16n8k8_tf32_check)(A, B, C, D);
+    }, 8, any, 3);
+    char buf[160];
+    std::snprintf(buf, sizeof buf, "relative errors fp16 %.3g, bf16 %.3g, tf32 %.3g (limit 1e-6)", e16, eb16, etf);
+    check(e16 < 1e-6 && eb16 < 1e-6 && etf < 1e-6,
+          "mma twins m16n8k16 fp16 / bf16 and m16n8k8 tf32 follow the PTX ISA fragment layouts", buf);
+    // cvt.rna.tf32.f32: nearest, ties away from zero, low 13 bits cleared.
+    const float in[4] = {1.0f + 0x1p-11f, -(1.0f + 0x1p-11f), 1.0f + 0x1p-11f - 0x1p-23f, 3.0f};
+    const uint32_t want[4] = {0x3f802000u, 0xbf802000u, 0x3f800000u, 0x40400000u};
+    uint32_t got[4] = {};
+    LK_LAUNCH(1, 4, 0, nullptr, tf32_check)(&in[0], &got[0]);
+    bool ok = cudaGetLastError() == cudaSuccess;
+    for (int i = 0; i < 4; ++i) ok = ok && got[i] == want[i];
+    check(ok, "to_tf32 rounds to nearest, ties away from zero (cvt.rna.tf32.f32)");
   }
   lk_simt::print_reports(false);
   std::vector<int> out(64);

@@ -83,6 +83,7 @@ struct Spec {
   bool sorted = false;        // indices sorted (else random order)
   bool bf16_only = false;  // a large shape: run it in the serving dtype only
   bool reorder = false;    // rerun on a second plan (another row order inside each slot): bit-equal
+  bool tc = false;  // fp16 / bf16 take the tensor-core path (cuda::tensor_core_path; checked by its launch counter)
 };
 
 struct Result {
@@ -291,7 +292,17 @@ Result run_linear(const Spec& s, bool segments, uint32_t seed, bool* vectorized)
   sp.num_slots = N, sp.max_rank = R, sp.h_in = Hi, sp.dtype = Ty::kDType, sp.map = map;
   constexpr int kVec = 16 / sizeof(T);
   *vectorized = Hi % kVec == 0 && xs % kVec == 0 && s.x_off % kVec == 0;
+  // The tensor-core path: fp16 / bf16 cases marked tc (shaped to pass tensor_core_path's rule).
+  const bool tc = s.tc && (std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>) && R > 0;
+  uint64_t launches = cuda::tensor_core_launches();
+  const auto check_path = [&](const char* phase) {
+    const uint64_t now = cuda::tensor_core_launches();
+    res.check(now - launches == (tc ? 1u : 0u), std::string(phase) + (tc ? " did not take the tensor-core path"
+                                                                        : " took the tensor-core path unexpectedly"));
+    launches = now;
+  };
   res.check(cuda::launch_shrink(sp, nullptr) == cudaSuccess, "launch_shrink reported an error");
+  check_path("launch_shrink");
   if (!res.ok) return res;
   double err2 = 0, ref2 = 0;
   for (int64_t t = 0; t < T_; ++t)
@@ -316,6 +327,7 @@ Result run_linear(const Spec& s, bool segments, uint32_t seed, bool* vectorized)
   ep.dtype = Ty::kDType, ep.map = map;
   std::vector<T> y_in(y.p, y.p + y.n);
   res.check(cuda::launch_expand(ep, nullptr) == cudaSuccess, "launch_expand reported an error");
+  check_path("launch_expand");
   if (!res.ok) return res;
   err2 = ref2 = 0;
   double yref2 = 0;
@@ -359,7 +371,7 @@ Result run_linear(const Spec& s, bool segments, uint32_t seed, bool* vectorized)
     if (res.ok) res.check(std::memcmp(y.p, y2.p, y.n * sizeof(T)) == 0, "y differs bitwise under another plan order");
   }
   res.why = res.ok ? "v err " + fmt("%.2g", v_err) + ", y err " + fmt("%.2g", y_err) +
-                         (s.reorder ? ", bit-equal under a second plan order" : "")
+                         (s.reorder ? ", bit-equal under a second plan order" : "") + (tc ? ", tensor cores" : "")
                    : res.why;
   return res;
 }
@@ -529,6 +541,7 @@ struct SliceSpec {
   bool bias = true, ranks = true, idx64 = false, out_of_range = false;
   int64_t x_pad = 0, x_off = 0, y_pad = 0, y_off = 0;
   int misaligned = -1;  // this slice's lora_a and lora_b start one element past a 16-byte boundary
+  bool tc = false;      // fp16 / bf16 take the tensor-core path (checked by its launch counter)
 };
 
 template <typename T>
@@ -635,7 +648,16 @@ Result run_slices(const SliceSpec& s, bool segments, uint32_t seed) {
   // Shrink: all slices in one call, then each slice alone (bit-equal).
   std::vector<ShrinkParams> sps;
   for (auto& c : sl) sps.push_back(c.sp);
+  const bool tc = s.tc && (std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>);
+  uint64_t launches = cuda::tensor_core_launches();
+  const auto check_path = [&](const char* phase) {
+    const uint64_t now = cuda::tensor_core_launches();
+    res.check((now > launches) == tc, std::string(phase) + (tc ? " did not take the tensor-core path"
+                                                                : " took the tensor-core path unexpectedly"));
+    launches = now;
+  };
   res.check(cuda::launch_shrink_slices(sps.data(), n, nullptr) == cudaSuccess, "launch_shrink_slices reported an error");
+  check_path("launch_shrink_slices");
   for (auto& c : sl) {
     ShrinkParams alone = c.sp;
     alone.v = c.v_alone->p;
@@ -673,7 +695,9 @@ Result run_slices(const SliceSpec& s, bool segments, uint32_t seed) {
   std::vector<T> y_in(y.p, y.p + y.n);
   std::vector<ExpandParams> eps;
   for (auto& c : sl) eps.push_back(c.ep);
+  launches = cuda::tensor_core_launches();
   res.check(cuda::launch_expand_slices(eps.data(), n, nullptr) == cudaSuccess, "launch_expand_slices reported an error");
+  check_path("launch_expand_slices");
   for (auto& c : sl) {
     ExpandParams alone = c.ep;
     alone.y = y_alone.p + s.y_off + c.col;
@@ -714,7 +738,8 @@ Result run_slices(const SliceSpec& s, bool segments, uint32_t seed) {
   for (size_t i = 0; i < y.n; ++i)
     if (!in_view[i]) res.check(std::memcmp(&y.p[i], &y_in[i], sizeof(T)) == 0, "y changed outside the slices' columns");
   res.check(std::memcmp(y.p, y_alone.p, y.n * sizeof(T)) == 0, "y differs bitwise from launch_expand on each slice alone");
-  res.why = res.ok ? "v err " + fmt("%.2g", worst_v) + ", y err " + fmt("%.2g", worst_y) + ", bit-equal per slice"
+  res.why = res.ok ? "v err " + fmt("%.2g", worst_v) + ", y err " + fmt("%.2g", worst_y) + ", bit-equal per slice" +
+                         (tc ? ", tensor cores" : "")
                    : res.why;
   return res;
 }
@@ -729,12 +754,16 @@ std::vector<SliceSpec> slice_specs(bool quick) {
       {"slices out-of-range slots and ranks", 12, 40, 4, {20, 12}, {4, 6}},
       {"slices rank 72 and H_out 300", 6, 40, 2, {300, 20}, {72, 3}},
       {"slices 10 (two launches per phase)", 9, 32, 3, {8, 4, 8, 4, 8, 4, 8, 4, 8, 12}, {1, 2, 3, 4, 1, 2, 3, 4, 1, 2}},
+      {"slices TC T=160 qkv ranks 16 17 8", 160, 72, 4, {136, 40, 24}, {16, 17, 8}},
+      {"slices TC T=170 strided, mixed vector paths", 170, 40, 3, {40, 24, 9}, {8, 8, 4}},
   };
   all[2].bias = false, all[2].ranks = false;
   all[3].x_pad = 3, all[3].x_off = 1, all[3].y_pad = 5, all[3].y_off = 2, all[3].idx64 = true;
   all[3].misaligned = 1;
   all[4].out_of_range = true;
-  if (quick) return {all[3], all[1]};  // for the planted bugs (fp32, indices only)
+  all[7].tc = all[8].tc = true;
+  all[8].x_pad = 3, all[8].x_off = 1, all[8].y_pad = 5, all[8].y_off = 2, all[8].misaligned = 1;
+  if (quick) return {all[3], all[1], all[8]};  // for the planted bugs (fp32, indices only; all[8] in bf16)
   return all;
 }
 
@@ -760,6 +789,13 @@ std::vector<Spec> linear_specs(bool quick) {
       {"T=3000 five adapters, -1 and out-of-range slots", 3000, 24, 20, 5, 4},
       {"N=0 (no adapter for any token)", 10, 8, 8, 0, 2},
       {"N=5000 (plan counts in global memory)", 200, 8, 8, 5000, 2},
+      // The tensor-core path (T >= 128, and >= 32 tokens per segment over the 5 segments).
+      {"TC T=160 odd H rank 17 strided unaligned", 160, 131, 97, 4, 17},
+      {"TC T=200 aligned rank 16 H_out 136", 200, 64, 136, 3, 16},
+      {"TC T=170 H_in=3 H_out=1 rank 20", 170, 3, 1, 3, 20},
+      {"TC T=170 rank 72 H_out 300 no bias", 170, 40, 300, 3, 72},
+      {"TC T=256 one adapter (4 full groups)", 256, 48, 40, 1, 8},
+      {"TC T=180 out-of-range slots and ranks", 180, 33, 24, 4, 6},
   };
   all[6].idx64 = true;
   all[8].one_slot = true;
@@ -771,8 +807,15 @@ std::vector<Spec> linear_specs(bool quick) {
   all[15].bf16_only = true;
   all[16].out_of_range = true, all[16].reorder = true;
   all[8].reorder = true;
+  all[7].tc = all[8].tc = true;
+  all[16].tc = all[18].tc = true;  // T = 3000 and N = 5000 (T = 200) pass tensor_core_path's rule too
+  for (size_t i = 19; i < all.size(); ++i) all[i].tc = true;
+  all[19].x_pad = 3, all[19].x_off = 1, all[19].y_pad = 5, all[19].y_off = 2, all[19].idx64 = true;
+  all[22].bias = false;
+  all[23].one_slot = true;
+  all[24].out_of_range = true;
   if (!quick) return all;
-  return {all[14], all[4]};  // for the planted bugs: what catches each one first
+  return {all[14], all[4], all[19]};  // for the planted bugs: what catches each one first (all[19] in bf16)
 }
 
 
@@ -1092,7 +1135,7 @@ int main(int argc, char** argv) {
     for (bool segments : {false, true}) {
       each_dtype([&](auto elem) {
         using T = decltype(elem);
-        if (!go || (quick && !std::is_same_v<T, float>)) return;
+        if (!go || (quick && !(s.tc ? std::is_same_v<T, __nv_bfloat16> : std::is_same_v<T, float>))) return;
         if (s.bf16_only && !std::is_same_v<T, __nv_bfloat16>) return;
         const std::string name = std::string(segments ? "sgmv " : "bgmv ") + Type<T>::kName + " " + s.name;
         ++seed;
@@ -1133,7 +1176,7 @@ int main(int argc, char** argv) {
     for (bool segments : {false, true}) {
       each_dtype([&](auto elem) {
         using T = decltype(elem);
-        if (quick && (segments || !std::is_same_v<T, float>)) return;
+        if (quick && (segments || !(s.tc ? std::is_same_v<T, __nv_bfloat16> : std::is_same_v<T, float>))) return;
         const std::string name = std::string(segments ? "sgmv " : "bgmv ") + Type<T>::kName + " " + s.name;
         ++seed;
         if (!go || (!only.empty() && name.find(only) == std::string::npos)) return;

@@ -62,7 +62,7 @@ __device__ __forceinline__ Acc reduced_v(const DecodeParams& d, const TokenGroup
 // expand's (B), fused only.
 template <typename T, int VA, int VB, int kRows, int kMaxTokens, bool kFused>
 __global__ void __launch_bounds__(kThreads, 2) decode_kernel(const __grid_constant__ DecodeParams d) {
-  using Acc = typename Elem<T>::Acc;
+  using Acc = typename Numeric<T>::Acc;
   __shared__ DecodeShared<Acc, kRows, kMaxTokens> sh;
   const ShrinkParams& p = d.shrink;
   TokenGroup<kMaxTokens>& g = sh.g;
@@ -189,7 +189,7 @@ __global__ void __launch_bounds__(kThreads, 2) decode_kernel(const __grid_consta
               for (int q = 0; q < VB; ++q) out_acc[m] += sh.vs[m][j + q] * bv[q];
         }
         for (; j < cn; ++j) {
-          const Acc bj = Elem<T>::load(b[c0 + j]);
+          const Acc bj = Numeric<T>::load(b[c0 + j]);
 #pragma unroll
           for (int m = 0; m < kMaxTokens; ++m)
             if (m < count) out_acc[m] += sh.vs[m][j] * bj;
@@ -197,13 +197,13 @@ __global__ void __launch_bounds__(kThreads, 2) decode_kernel(const __grid_consta
       }
       if (!active) continue;
       const Acc bias = e.lora_bias
-                           ? Elem<T>::load(static_cast<const T*>(e.lora_bias)[g.slot * e.h_out + o])
+                           ? Numeric<T>::load(static_cast<const T*>(e.lora_bias)[g.slot * e.h_out + o])
                            : Acc(0);
 #pragma unroll
       for (int m = 0; m < kMaxTokens; ++m) {
         if (m < count) {
           T* out = y + g.rows[m] * e.y_stride + o;
-          *out = Elem<T>::store(Elem<T>::load(*out) + scale * (out_acc[m] + bias));
+          *out = Numeric<T>::store(Numeric<T>::load(*out) + scale * (out_acc[m] + bias));
         }
       }
     }

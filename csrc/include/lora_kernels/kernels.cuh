@@ -11,6 +11,11 @@
 // as 0, the expand leaves their y rows alone.
 // decode.cuh builds on these pieces for few tokens: a split-K shrink and a fused one-launch
 // shrink + expand (chosen by decode.cu's shape rule).
+//
+// These are the CUDA-core kernels (groups of kGroupTokens = 8 tokens): every fp32 / fp64 call,
+// and fp16 / bf16 calls with few tokens. fp16 / bf16 calls with many tokens take the
+// tensor-core kernels of tc_kernels.cuh instead (mma.sync on groups of 64 tokens of the same
+// plan; launch.h: tensor_core_path).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -34,17 +39,13 @@ using tiles::kMaxSlicesPerLaunch;
 using tiles::kThreads;
 using tiles::kWarps;
 
-// The element trait is the project's one dtype trait (numeric.h): Acc, load (widen), store (RNE).
-template <typename T>
-using Elem = Numeric<T>;
-
 // Loads VEC elements starting at p (16 bytes in one instruction when VEC * sizeof(T) == 16;
 // the launchers take that path only when p is 16-byte aligned). memcpy into the vector type
 // with the alignment stated, not a uint4 pointer cast: well-defined C++ (g++ -O2 miscompiles the
 // cast under strict aliasing). nvcc emits one 128-bit load (LDG.E.128) per call, as with the
 // cast; a memcpy straight into the T array split some of them into narrower loads.
 template <typename T, int VEC>
-__device__ __forceinline__ void load_vec(const T* p, typename Elem<T>::Acc (&out)[VEC]) {
+__device__ __forceinline__ void load_vec(const T* p, typename Numeric<T>::Acc (&out)[VEC]) {
   if constexpr (VEC * sizeof(T) == 16) {
 #if defined(LK_SIMT)
     // On a GPU a misaligned 16-byte load faults; the CPU would just load it. Say so instead.
@@ -59,10 +60,10 @@ __device__ __forceinline__ void load_vec(const T* p, typename Elem<T>::Acc (&out
     T e[VEC];
     memcpy(static_cast<void*>(e), &raw, 16);
 #pragma unroll
-    for (int i = 0; i < VEC; ++i) out[i] = Elem<T>::load(e[i]);
+    for (int i = 0; i < VEC; ++i) out[i] = Numeric<T>::load(e[i]);
   } else {
 #pragma unroll
-    for (int i = 0; i < VEC; ++i) out[i] = Elem<T>::load(p[i]);
+    for (int i = 0; i < VEC; ++i) out[i] = Numeric<T>::load(p[i]);
   }
 }
 
@@ -112,13 +113,6 @@ __device__ void find_group(const TokenMap& map, int64_t group, TokenGroup<G>& g)
   __syncthreads();
 }
 
-// The signature of kernels written before the plan (scratch is no longer needed). Such a kernel's
-// grid of T blocks still works: the blocks past the plan's number of groups find none.
-template <int G>
-__device__ __forceinline__ void find_group(const TokenMap& map, int64_t group, TokenGroup<G>& g, int64_t* /*scratch*/) {
-  find_group<G>(map, group, g);
-}
-
 // Shared memory of one shrink block.
 template <typename Acc, int kRows, int kMaxTokens>
 struct ShrinkShared {
@@ -130,8 +124,8 @@ struct ShrinkShared {
 // for group number `group` of the plan. shrink_kernel and shrink_slices_kernel both run it.
 template <typename T, int VEC, int kRows, int kMaxTokens>
 __device__ __forceinline__ void shrink_block(const ShrinkParams& p, int64_t group, int64_t row_block,
-                                             ShrinkShared<typename Elem<T>::Acc, kRows, kMaxTokens>& sh) {
-  using Acc = typename Elem<T>::Acc;
+                                             ShrinkShared<typename Numeric<T>::Acc, kRows, kMaxTokens>& sh) {
+  using Acc = typename Numeric<T>::Acc;
   TokenGroup<kMaxTokens>& g = sh.g;
   auto& partial = sh.partial;
   find_group<kMaxTokens>(p.map, group, g);
@@ -203,7 +197,7 @@ __device__ __forceinline__ void shrink_block(const ShrinkParams& p, int64_t grou
 // grid (max_groups(T, N, kMaxTokens), ceil(R / kRows)); block kThreads. Writes v[t, j0 : j0 + kRows] for the group's tokens.
 template <typename T, int VEC, int kRows, int kMaxTokens>
 __global__ void __launch_bounds__(kThreads) shrink_kernel(const ShrinkParams p) {
-  __shared__ ShrinkShared<typename Elem<T>::Acc, kRows, kMaxTokens> sh;
+  __shared__ ShrinkShared<typename Numeric<T>::Acc, kRows, kMaxTokens> sh;
   shrink_block<T, VEC, kRows, kMaxTokens>(p, blockIdx.x, blockIdx.y, sh);
 }
 
@@ -220,8 +214,8 @@ struct ExpandShared {
 // group number `group` of the plan. expand_kernel and expand_slices_kernel both run it.
 template <typename T, int VEC, int kMaxTokens>
 __device__ __forceinline__ void expand_block(const ExpandParams& p, int64_t group, int64_t col_block,
-                                             ExpandShared<typename Elem<T>::Acc, kMaxTokens>& sh) {
-  using Acc = typename Elem<T>::Acc;
+                                             ExpandShared<typename Numeric<T>::Acc, kMaxTokens>& sh) {
+  using Acc = typename Numeric<T>::Acc;
   TokenGroup<kMaxTokens>& g = sh.g;
   auto& vs = sh.vs;
   find_group<kMaxTokens>(p.map, group, g);
@@ -258,7 +252,7 @@ __device__ __forceinline__ void expand_block(const ExpandParams& p, int64_t grou
           for (int e = 0; e < VEC; ++e) acc[m] += vs[m][j + e] * bv[e];
     }
     for (; j < cn; ++j) {
-      const Acc bj = Elem<T>::load(b[c0 + j]);
+      const Acc bj = Numeric<T>::load(b[c0 + j]);
 #pragma unroll
       for (int m = 0; m < kMaxTokens; ++m)
         if (m < count) acc[m] += vs[m][j] * bj;
@@ -267,14 +261,14 @@ __device__ __forceinline__ void expand_block(const ExpandParams& p, int64_t grou
   if (!active) return;
   const Acc scale = static_cast<const Acc*>(p.scaling)[g.slot];
   const Acc bias = p.lora_bias
-                       ? Elem<T>::load(static_cast<const T*>(p.lora_bias)[g.slot * p.h_out + o])
+                       ? Numeric<T>::load(static_cast<const T*>(p.lora_bias)[g.slot * p.h_out + o])
                        : Acc(0);
   T* y = static_cast<T*>(p.y);
 #pragma unroll
   for (int m = 0; m < kMaxTokens; ++m) {
     if (m < count) {
       T* out = y + g.rows[m] * p.y_stride + o;
-      *out = Elem<T>::store(Elem<T>::load(*out) + scale * (acc[m] + bias));
+      *out = Numeric<T>::store(Numeric<T>::load(*out) + scale * (acc[m] + bias));
     }
   }
 }
@@ -282,7 +276,7 @@ __device__ __forceinline__ void expand_block(const ExpandParams& p, int64_t grou
 // grid (max_groups(T, N, kMaxTokens), ceil(H_out / kThreads)); one output feature per thread.
 template <typename T, int VEC, int kMaxTokens>
 __global__ void __launch_bounds__(kThreads) expand_kernel(const ExpandParams p) {
-  __shared__ ExpandShared<typename Elem<T>::Acc, kMaxTokens> sh;
+  __shared__ ExpandShared<typename Numeric<T>::Acc, kMaxTokens> sh;
   expand_block<T, VEC, kMaxTokens>(p, blockIdx.x, blockIdx.y, sh);
 }
 
@@ -313,7 +307,7 @@ __device__ __forceinline__ int slice_of(const SliceBatch<Params>& p, int64_t col
 // grid (max_groups(T, N, kMaxTokens), sum_i ceil(R_i / kRows)).
 template <typename T, int VEC, int kRows, int kMaxTokens>
 __global__ void __launch_bounds__(kThreads) shrink_slices_kernel(const __grid_constant__ SliceBatch<ShrinkParams> p) {
-  __shared__ ShrinkShared<typename Elem<T>::Acc, kRows, kMaxTokens> sh;
+  __shared__ ShrinkShared<typename Numeric<T>::Acc, kRows, kMaxTokens> sh;
   int64_t local = 0;
   const int i = slice_of(p, blockIdx.y, local);
   if (VEC > 1 && p.vectorized[i])
@@ -325,7 +319,7 @@ __global__ void __launch_bounds__(kThreads) shrink_slices_kernel(const __grid_co
 // grid (max_groups(T, N, kMaxTokens), sum_i ceil(H_out_i / kThreads)).
 template <typename T, int VEC, int kMaxTokens>
 __global__ void __launch_bounds__(kThreads) expand_slices_kernel(const __grid_constant__ SliceBatch<ExpandParams> p) {
-  __shared__ ExpandShared<typename Elem<T>::Acc, kMaxTokens> sh;
+  __shared__ ExpandShared<typename Numeric<T>::Acc, kMaxTokens> sh;
   int64_t local = 0;
   const int i = slice_of(p, blockIdx.y, local);
   if (VEC > 1 && p.vectorized[i])
@@ -337,7 +331,7 @@ __global__ void __launch_bounds__(kThreads) expand_slices_kernel(const __grid_co
 // One thread per (token, rank column).
 template <typename T>
 __global__ void __launch_bounds__(kThreads) embedding_shrink_kernel(const EmbeddingShrinkParams p) {
-  using Acc = typename Elem<T>::Acc;
+  using Acc = typename Numeric<T>::Acc;
   const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   const int64_t t = i / p.max_rank, j = i % p.max_rank;
   if (t >= p.map.num_tokens) return;
@@ -346,7 +340,7 @@ __global__ void __launch_bounds__(kThreads) embedding_shrink_kernel(const Embedd
   const int64_t token = p.token_ids[t];
   Acc value = Acc(0);
   if (j < r && token >= 0 && token < p.vocab)
-    value = Elem<T>::load(static_cast<const T*>(p.lora_a)[(slot * p.max_rank + j) * p.vocab + token]);
+    value = Numeric<T>::load(static_cast<const T*>(p.lora_a)[(slot * p.max_rank + j) * p.vocab + token]);
   static_cast<Acc*>(p.v)[t * p.v_stride + j] = value;
 }
 

@@ -28,6 +28,22 @@ constexpr int kDecodeTargetBlocks = 2 * 132;
 constexpr int kFusedMaxTokens = 64;
 constexpr int kFusedMaxColTiles = 4;
 
+// Tensor-core path (tc_kernels.cuh, fp16 / bf16): tokens of one group (one slot) per block.
+constexpr int kTcTokens = 64;
+// Tensor-core shrink: rank columns of v per block (grid.y = ceil(R / kTcShrinkRank)) and the
+// H_in chunk staged in shared memory per step.
+constexpr int kTcShrinkRank = 64;
+constexpr int kTcShrinkK = 64;
+// Tensor-core expand: output features per block (grid.y = ceil(H_out / kTcExpandCols)) and the
+// rank chunk staged in shared memory per step.
+constexpr int kTcExpandCols = 128;
+constexpr int kTcExpandRank = 32;
+// When launch_shrink / launch_expand take the tensor-core path (a decision on shapes only, never
+// on index values): fp16 / bf16, at least kTcMinTokens tokens, and with segments at least
+// kTcMinTokensPerSegment tokens per segment on average.
+constexpr int kTcMinTokens = 128;
+constexpr int kTcMinTokensPerSegment = 32;
+
 // add_lora_slices: slices per launch (more go in launches of this many).
 constexpr int kMaxSlicesPerLaunch = 8;
 
@@ -39,7 +55,7 @@ constexpr int kPlanSharedBuckets = 4096;
 // The group sizes the plan lists groups for: find_group<G> (kernels.cuh) needs G here. A kernel
 // with another group size (e.g. a tensor-core tile of 64 tokens) adds it; each costs the plan
 // (N + 2) + min(T, ceil(T / G) + N + 1) + 1 int32 of workspace and a few steps of its one block.
-constexpr int kPlanGroupSizes[] = {kGroupTokens};
+constexpr int kPlanGroupSizes[] = {kGroupTokens, kTcTokens};
 constexpr int kNumPlanGroupSizes = static_cast<int>(sizeof(kPlanGroupSizes) / sizeof(kPlanGroupSizes[0]));
 
 // Index of group size g in kPlanGroupSizes, -1 when absent.
