@@ -537,8 +537,11 @@ def format_census(rows: list[dict], markdown: bool = False) -> str:
     # a `launched` row that is one path's row for every shape says nothing new
     groups = {k: v for k, v in groups.items() if k[0] != "launched" or len(runs[k]) > 1}
     head = ["path", "op", "kind", "shapes", "model / min: smallest", "median", "largest"]
+    paths = (list(rows[0]["models"]) if rows else []) + ["launched"]
+    ops = ["add_lora", "shrink", "expand", "add_lora_slices"]
+    order = lambda k: (paths.index(k[0]), ops.index(k[1]) if k[1] in ops else len(ops), k[1], k[2])
     body = []
-    for (path, op, kind), v in groups.items():
+    for (path, op, kind), v in sorted(groups.items(), key=lambda kv: order(kv[0])):
         v.sort()
         med = v[len(v) // 2][0] if len(v) % 2 else (v[len(v) // 2 - 1][0] + v[len(v) // 2][0]) / 2
         body.append([path, op, kind, str(len(v)), f"{v[0][0]:.2f} ({v[0][1]})", f"{med:.2f}",
