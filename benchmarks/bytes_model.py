@@ -82,27 +82,31 @@ def _eval(node: ast.AST, known: dict) -> int:
     raise ValueError("not a plain integer expression")
 
 
-def read_tiles(path: str = TILES_H) -> dict:
-    """The ``constexpr int NAME = EXPR;`` constants of tiles.h whose EXPR is integer arithmetic on
-    literals and earlier constants, and the ``constexpr int NAME[] = {EXPR, ...};`` arrays of
-    such expressions (as tuples); others (casts, functions) are left out. Raises ValueError when
-    one of NEEDED is missing."""
-    with open(path) as f:
-        text = re.sub(r"//[^\n]*", "", f.read())
+def read_tiles(*paths: str) -> dict:
+    """The ``constexpr int NAME = EXPR;`` constants of tiles.h (or of ``paths``, later headers
+    adding to and overriding earlier ones) whose EXPR is integer arithmetic on literals and
+    earlier constants, and the ``constexpr int NAME[] = {EXPR, ...};`` arrays of such
+    expressions (as tuples); others (casts, functions) are left out. Raises ValueError when one
+    of NEEDED is missing."""
+    paths = paths or (TILES_H,)
     tiles: dict = {}
     pattern = r"constexpr\s+int\s+(\w+)\s*(\[\s*\])?\s*=\s*(\{[^{};]*\}|[^;{}]+);"
-    for name, array, expr in re.findall(pattern, text):
-        try:
-            if array:
-                items = [e.strip() for e in expr.strip()[1:-1].split(",") if e.strip()]
-                tiles[name] = tuple(_eval(ast.parse(e, mode="eval").body, tiles) for e in items)
-            else:
-                tiles[name] = _eval(ast.parse(expr.strip(), mode="eval").body, tiles)
-        except (SyntaxError, ValueError):
-            continue
+    for path in paths:
+        with open(path) as f:
+            text = re.sub(r"//[^\n]*", "", f.read())
+        for name, array, expr in re.findall(pattern, text):
+            try:
+                if array:
+                    items = [e.strip() for e in expr.strip()[1:-1].split(",") if e.strip()]
+                    tiles[name] = tuple(_eval(ast.parse(e, mode="eval").body, tiles) for e in items)
+                else:
+                    tiles[name] = _eval(ast.parse(expr.strip(), mode="eval").body, tiles)
+            except (SyntaxError, ValueError):
+                continue
     missing = [k for k in NEEDED if k not in tiles]
     if missing:
-        raise ValueError(f"{path}: no integer constant {', '.join(missing)} (the model needs {', '.join(NEEDED)}).")
+        raise ValueError(f"{', '.join(paths)}: no integer constant {', '.join(missing)} "
+                         f"(the model needs {', '.join(NEEDED)}).")
     return tiles
 
 
@@ -430,10 +434,105 @@ def decode(shape: Shape, tiles: dict, layout: Layout) -> Traffic | None:
     return t
 
 
+TC_NEEDED = ("kTcTokens", "kTcShrinkRank", "kTcShrinkK", "kTcExpandCols", "kTcExpandRank", "kTcMinTokens",
+             "kTcMinTokensPerSegment")
+
+
+def tensor_core_rule(shape: Shape, tiles: dict) -> bool:
+    """tc.cu's tensor_core_path (branch tc, commit 5aa22df): fp16 / bf16, at least kTcMinTokens
+    tokens, and with segments at least kTcMinTokensPerSegment tokens per segment on average.
+    launch_shrink / launch_expand and their _slices variants take it then."""
+    if shape.e != 2 or shape.T < tiles["kTcMinTokens"]:
+        return False
+    return shape.kind == "decode" or shape.T >= tiles["kTcMinTokensPerSegment"] * shape.n
+
+
+def tensor_core_shrink(H_in: int, R: int, r: int, e: int, groups, grid_x: int, tiles: dict) -> Traffic:
+    """tc_shrink_block (tc_kernels.cuh): grid (T, ceil(R / kTcShrinkRank)); a block with a group
+    of up to kTcTokens tokens reads the rank (broadcast) and, when some of its kTcShrinkRank
+    rows lie below it, stages in kTcShrinkK-column steps its tokens' rows of x (x once per row
+    block: once for R <= 64) and the jn rows of A below the rank (zero padding is not loaded);
+    it writes v[:, j0:j0 + rows] (fp32, zeros past r)."""
+    t = Traffic()
+    rows = tiles["kTcShrinkRank"]
+    blocks = math.ceil(R / rows)
+    for rb in range(blocks):
+        j0 = rb * rows
+        here = min(rows, R - j0)
+        jn = max(0, min(r - j0, here))
+        for slot, count in groups:
+            if slot >= 0:
+                t.add("ranks+scaling", INDEX_BYTES)
+                if jn > 0:
+                    t.add("x", count * H_in * e)
+                    t.add("A", jn * H_in * e)
+            t.add("v write", count * here * ACC_BYTES)
+    t.add("plan", blocks * find_group_reads(groups, grid_x) * INDEX_BYTES)
+    return t
+
+
+def tensor_core_expand(H_out: int, R: int, r: int, e: int, groups, grid_x: int, tiles: dict) -> Traffic:
+    """tc_expand_block (tc_kernels.cuh): grid (T, ceil(H_out / kTcExpandCols)); a block with a
+    group reads the rank (broadcast) and, in kTcExpandRank steps of the rank, stages its
+    tokens' v[:, :r] (fp32; v once per column block) and its columns' rows of B[:, :r] (B once
+    per group); then scaling (broadcast) and its tokens' y, read and written once."""
+    t = Traffic()
+    cols_per_block = tiles["kTcExpandCols"]
+    blocks = math.ceil(H_out / cols_per_block)
+    for cb in range(blocks):
+        cols = min(cols_per_block, H_out - cb * cols_per_block)
+        for slot, count in groups:
+            if slot < 0:
+                continue
+            t.add("ranks+scaling", INDEX_BYTES)
+            if r == 0:
+                continue
+            t.add("v read", count * r * ACC_BYTES)
+            t.add("B", cols * r * e)
+            t.add("ranks+scaling", ACC_BYTES)
+            t.add("y read", count * cols * e)
+            t.add("y write", count * cols * e)
+    t.add("plan", blocks * find_group_reads(groups, grid_x) * INDEX_BYTES)
+    return t
+
+
+def tensor_core(shape: Shape, tiles: dict, layout: Layout) -> Traffic | None:
+    """The tensor-core prefill path of branch tc, commit 5aa22df (tc.cu, tc_kernels.cuh; not
+    merged), on main's grouping plan: groups of kTcTokens tokens of one slot, read through
+    find_group as every kernel on main does (the merge must add kTcTokens to kPlanGroupSizes:
+    find_group's static_assert; the plan kernel here lists it whatever the header says), on
+    tc.cu's grid of T blocks (blocks past the last group read one plan entry). Where
+    tensor_core_rule holds and decode_config keeps add_lora / the shrink plain; None elsewhere,
+    and wherever tiles lacks the kTc constants (a tree without the tc branch). Not modeled:
+    a split-K shrink at T >= kTcMinTokens (H_in >= 4 passes, T < 264) whose launch_expand
+    would then take the tensor-core path; no shape here has it."""
+    if any(k not in tiles for k in TC_NEEDED) or not tensor_core_rule(shape, tiles):
+        return None
+    if shape.op in ("add_lora", "shrink"):
+        splits, fused = decode_rule(shape.T, shape.ranks[0], shape.H_in,
+                                    shape.widths[0] if shape.op == "add_lora" else None, shape.e, tiles)
+        if fused or splits > 1:
+            return None
+    G, N = tiles["kTcTokens"], shape.n
+    sizes = tuple(tiles["kPlanGroupSizes"]) + (() if G in tiles["kPlanGroupSizes"] else (G,))
+    groups = groups_of(layout, N, G)
+    grid_x = shape.T
+    t = plan_kernel(layout, N, dict(tiles, kPlanGroupSizes=sizes))
+    for width, R in zip(shape.widths, shape.ranks):
+        if R == 0:
+            continue
+        if shape.op in ("add_lora", "shrink", "add_lora_slices"):
+            t += tensor_core_shrink(shape.H_in, R, R, shape.e, groups, grid_x, tiles)
+        if shape.op in ("add_lora", "expand", "add_lora_slices"):
+            t += tensor_core_expand(width, R, R, shape.e, groups, grid_x, tiles)
+    return t
+
+
 # One function per kernel path: (shape, tiles, layout) -> Traffic, or None where the path does
 # not serve the shape. The path a call runs is the last one with a model: add new paths after
 # the ones they replace.
-PATHS: dict[str, Callable[[Shape, dict, Layout], Traffic | None]] = {"cuda_core": cuda_core, "decode": decode}
+PATHS: dict[str, Callable[[Shape, dict, Layout], Traffic | None]] = {"cuda_core": cuda_core, "decode": decode,
+                                                                     "tensor_core": tensor_core}
 
 
 def launched(models: dict[str, Traffic | None]) -> str:
@@ -558,7 +657,9 @@ def _show(value) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tiles", default=TILES_H, help="the tile constants header (default: %(default)s)")
+    p.add_argument("--tiles", action="append",
+                   help=f"a tile constants header (repeatable: later ones add to and override earlier ones; "
+                        f"default {os.path.relpath(TILES_H, ROOT)})")
     p.add_argument("--op", choices=("add_lora", "shrink", "expand", "add_lora_slices"), action="append",
                    help="only these ops (repeatable; default all)")
     p.add_argument("--r", type=int, action="append", help="only these ranks (repeatable; default all)")
@@ -568,15 +669,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--markdown", action="store_true", help="a Markdown table (RESULTS.md)")
     args = p.parse_args(argv)
     sys.path.insert(0, ROOT)
-    tiles = read_tiles(args.tiles)
+    headers = args.tiles or [TILES_H]
+    tiles = read_tiles(*headers)
     shapes = (sweep_shapes() + ([] if args.no_slices else slices_shapes())
               + ([] if args.no_decode_shapes else decode_shapes()))
     if args.op:
         shapes = [s for s in shapes if s.op in args.op]
     if args.r:
         shapes = [s for s in shapes if max(s.ranks) in args.r]
-    print(f"tiles ({os.path.relpath(args.tiles, ROOT)}): "
-          + ", ".join(f"{k} = {_show(tiles[k])}" for k in SHOWN)
+    shown = [os.path.relpath(h, ROOT) if os.path.abspath(h).startswith(ROOT + os.sep) else h for h in headers]
+    print(f"tiles ({' + '.join(shown)}): "
+          + ", ".join(f"{k} = {_show(tiles[k])}" for k in SHOWN + TC_NEEDED if k in tiles)
           + f"; {len(shapes)} shapes, bf16 (fp16 moves the same bytes)")
     rows = model_rows(shapes, tiles)
     print(format_rows(rows, markdown=args.markdown))

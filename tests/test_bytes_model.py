@@ -178,6 +178,67 @@ def test_split_k_shrink_counted_by_hand(bm):
     assert bm.decode(_shape(bm, op="expand", T=1, H_in=64), tiles, layout) is None
 
 
+TC = dict(TILES, kTcTokens=64, kTcShrinkRank=64, kTcShrinkK=64, kTcExpandCols=128, kTcExpandRank=32, kTcMinTokens=128,
+          kTcMinTokensPerSegment=32)
+
+
+def test_tensor_core_path_counted_by_hand(bm):
+    # bf16, T = 128 tokens of one slot (N = 1), R = 16, H_in = H_out = 128: decode_config keeps
+    # add_lora plain (512 blocks; T > kFusedMaxTokens); tc.cu's rule holds (T >= 128, bf16)
+    layout = bm.Layout((0,) * 128, None, None)
+    shape = _shape(bm, T=128, H_in=128, widths=(128,), ranks=(16,), e=2)
+    assert bm.decode_rule(128, 16, 128, 128, 2, TC) == (1, False) and bm.tensor_core_rule(shape, TC)
+    t = bm.tensor_core(shape, TC, layout)
+    # two groups of 64 tokens; one shrink row block (R <= kTcShrinkRank), one expand column block
+    # (H_out <= kTcExpandCols); grid.x = T: 126 blocks find no group
+    assert bm.groups_of(layout, 1, 64) == [(0, 64), (0, 64)]
+    column = 2 * (5 + 64) + 126
+    # the plan kernel lists groups of 8 (16) and of 64 (2): scans 3 * 3, cursors 2, scatter
+    # 2 * 128, step 4 2 * 128, the lists 2 * 16 + 2 and 2 * 2 + 2
+    plan = 9 + 2 + 256 + 256 + 34 + 6
+    assert t.parts == {
+        "x": 128 * 128 * 2,            # once: every rank row in one block
+        "A": 2 * 16 * 128 * 2,         # once per group of 64
+        "v write": 128 * 16 * 4,
+        "v read": 128 * 16 * 4,        # once: one column block
+        "B": 2 * 128 * 16 * 2,         # once per group of 64
+        "y read": 128 * 128 * 2, "y write": 128 * 128 * 2,
+        "partials write": 0, "partials read": 0, "counters": 0,
+        "indices": 2 * 128 * 4,
+        "plan": (plan + 2 * column) * 4,
+        "ranks+scaling": 2 * 4 + 2 * (4 + 4),
+    }
+    core = bm.cuda_core(shape, TC, layout)
+    assert core.parts["x"] == 4 * t.parts["x"] and core.parts["A"] == 8 * t.parts["A"]  # 4 row blocks, 16 groups
+    # where the rule does not hold the path is None: 127 tokens, fp32, segments shorter than 32
+    # tokens on average; and in a tree without the tc constants
+    assert bm.tensor_core(_shape(bm, T=127, H_in=128, ranks=(16,), e=2), TC, bm.Layout((0,) * 127, None, None)) is None
+    assert bm.tensor_core(_shape(bm, T=128, H_in=128, ranks=(16,), e=4), TC, layout) is None
+    segs5 = bm.Layout((0,) * 128, (0, 26, 52, 78, 104, 128), (0, 0, 0, 0, 0))
+    assert bm.tensor_core(_shape(bm, kind="prefill", T=128, n=5, H_in=128, ranks=(16,), e=2), TC, segs5) is None
+    segs4 = bm.Layout((0,) * 128, (0, 32, 64, 96, 128), (0, 0, 0, 0))
+    assert bm.tensor_core(_shape(bm, kind="prefill", T=128, n=4, H_in=128, ranks=(16,), e=2), TC, segs4) is not None
+    assert bm.tensor_core(shape, TILES, layout) is None
+
+
+def test_tensor_core_never_undercuts_the_minimum(bm):
+    tiles = dict(bm.read_tiles(), **{k: TC[k] for k in bm.TC_NEEDED})
+    shapes = [s for s in bm.sweep_shapes() + bm.slices_shapes() if s.T >= 128]
+    rows = bm.model_rows(shapes, tiles)
+    ran = [r for r in rows if r["models"]["tensor_core"] is not None]
+    assert len(ran) == 24 * 3 + 24 * 3 + 2  # every prefill and T = 256 decode shape, the prefill slices
+    for row in ran:
+        tc, core = row["models"]["tensor_core"].total, row["models"]["cuda_core"].total
+        assert row["min"] <= tc, row["shape"].name
+        assert bm.launched(row["models"]) == "tensor_core"
+        # fewer bytes wherever groups hold more than a few tokens; with one token per adapter
+        # (T = 256 over 256) the wider shrink / narrower expand tiles cost a little more
+        if row["shape"].kind == "prefill" or row["shape"].n < row["shape"].T:
+            assert tc < core, row["shape"].name
+        else:
+            assert tc < 1.05 * core, row["shape"].name
+
+
 def test_slices_are_the_sum_of_their_slices(bm):
     # one plan for all slices; each slice's shrink and expand as add_lora's on that slice
     layout = bm.layout_of("decode", 16, 4)
@@ -300,9 +361,11 @@ def test_the_command_prints_the_table(bm, capsys):
     assert bm.main(["--op", "add_lora_slices", "--markdown"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("tiles (csrc/include/lora_kernels/tiles.h): kThreads = ")
-    assert out[1].startswith("| case | min MB | cuda_core MB | cuda_core / min | decode MB | decode / min | launched |")
+    assert out[1].startswith("| case | min MB | cuda_core MB | cuda_core / min | decode MB | decode / min | "
+                             "tensor_core MB | tensor_core / min | launched |")
     assert len([line for line in out if line.startswith(("| qkv ", "| gate_up "))]) == 8
-    assert all(" | - | - | cuda_core | " in line for line in out if line.startswith(("| qkv ", "| gate_up ")))
+    # no decode path for the slices; no tensor-core path in a tree without its constants
+    assert all(" | - | - | - | - | cuda_core | " in line for line in out if line.startswith(("| qkv ", "| gate_up ")))
     census = out[out.index("") + 1:]
     assert census[0] == "| path | op | kind | shapes | model / min: smallest | median | largest |"
     assert [line.split(" | ")[0:4] for line in census[2:]] == [["| cuda_core", "add_lora_slices", "decode", "6"],
