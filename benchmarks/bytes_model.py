@@ -439,7 +439,7 @@ TC_NEEDED = ("kTcTokens", "kTcShrinkRank", "kTcShrinkK", "kTcExpandCols", "kTcEx
 
 
 def tensor_core_rule(shape: Shape, tiles: dict) -> bool:
-    """tc.cu's tensor_core_path (branch tc, commit 5aa22df): fp16 / bf16, at least kTcMinTokens
+    """tc.cu's tensor_core_path: fp16 / bf16, at least kTcMinTokens
     tokens, and with segments at least kTcMinTokensPerSegment tokens per segment on average.
     launch_shrink / launch_expand and their _slices variants take it then."""
     if shape.e != 2 or shape.T < tiles["kTcMinTokens"]:
@@ -497,15 +497,12 @@ def tensor_core_expand(H_out: int, R: int, r: int, e: int, groups, grid_x: int, 
 
 
 def tensor_core(shape: Shape, tiles: dict, layout: Layout) -> Traffic | None:
-    """The tensor-core prefill path of branch tc, commit 5aa22df (tc.cu, tc_kernels.cuh; not
-    merged), on main's grouping plan: groups of kTcTokens tokens of one slot, read through
-    find_group as every kernel on main does (the merge must add kTcTokens to kPlanGroupSizes:
-    find_group's static_assert; the plan kernel here lists it whatever the header says), on
-    tc.cu's grid of T blocks (blocks past the last group read one plan entry). Where
-    tensor_core_rule holds and decode_config keeps add_lora / the shrink plain; None elsewhere,
-    and wherever tiles lacks the kTc constants (a tree without the tc branch). Not modeled:
-    a split-K shrink at T >= kTcMinTokens (H_in >= 4 passes, T < 264) whose launch_expand
-    would then take the tensor-core path; no shape here has it."""
+    """The tensor-core path (tc.cu, tc_kernels.cuh) on the grouping plan: groups of kTcTokens
+    tokens of one slot (kTcTokens is in kPlanGroupSizes, so the plan lists them), on a grid of
+    max_groups(T, N, kTcTokens) blocks. Where tensor_core_rule holds and decode_config keeps
+    add_lora / the shrink plain; None elsewhere, and wherever tiles lacks the kTc constants.
+    Not modeled: a split-K shrink at T >= kTcMinTokens (H_in >= 4 passes, T < 264) whose
+    launch_expand would then take the tensor-core path; no shape here has it."""
     if any(k not in tiles for k in TC_NEEDED) or not tensor_core_rule(shape, tiles):
         return None
     if shape.op in ("add_lora", "shrink"):
@@ -516,7 +513,7 @@ def tensor_core(shape: Shape, tiles: dict, layout: Layout) -> Traffic | None:
     G, N = tiles["kTcTokens"], shape.n
     sizes = tuple(tiles["kPlanGroupSizes"]) + (() if G in tiles["kPlanGroupSizes"] else (G,))
     groups = groups_of(layout, N, G)
-    grid_x = shape.T
+    grid_x = max_groups(shape.T, N, G)
     t = plan_kernel(layout, N, dict(tiles, kPlanGroupSizes=sizes))
     for width, R in zip(shape.widths, shape.ranks):
         if R == 0:

@@ -190,9 +190,9 @@ def test_tensor_core_path_counted_by_hand(bm):
     assert bm.decode_rule(128, 16, 128, 128, 2, TC) == (1, False) and bm.tensor_core_rule(shape, TC)
     t = bm.tensor_core(shape, TC, layout)
     # two groups of 64 tokens; one shrink row block (R <= kTcShrinkRank), one expand column block
-    # (H_out <= kTcExpandCols); grid.x = T: 126 blocks find no group
+    # (H_out <= kTcExpandCols); grid.x = max_groups(128, 1, 64) = 4: 2 blocks find no group
     assert bm.groups_of(layout, 1, 64) == [(0, 64), (0, 64)]
-    column = 2 * (5 + 64) + 126
+    column = 2 * (5 + 64) + 2
     # the plan kernel lists groups of 8 (16) and of 64 (2): scans 3 * 3, cursors 2, scatter
     # 2 * 128, step 4 2 * 128, the lists 2 * 16 + 2 and 2 * 2 + 2
     plan = 9 + 2 + 256 + 256 + 34 + 6
@@ -364,9 +364,13 @@ def test_the_command_prints_the_table(bm, capsys):
     assert out[1].startswith("| case | min MB | cuda_core MB | cuda_core / min | decode MB | decode / min | "
                              "tensor_core MB | tensor_core / min | launched |")
     assert len([line for line in out if line.startswith(("| qkv ", "| gate_up "))]) == 8
-    # no decode path for the slices; no tensor-core path in a tree without its constants
-    assert all(" | - | - | - | - | cuda_core | " in line for line in out if line.startswith(("| qkv ", "| gate_up ")))
+    # no decode path for the slices; decode (T = 64) stays on the CUDA cores, prefill (T = 2048,
+    # 256 tokens a segment) takes the tensor cores
+    slices = [line for line in out if line.startswith(("| qkv ", "| gate_up "))]
+    assert all(" | - | - | - | - | cuda_core | " in line for line in slices if " decode " in line)
+    assert all(" | - | - | " in line and " | tensor_core | " in line for line in slices if " prefill " in line)
     census = out[out.index("") + 1:]
     assert census[0] == "| path | op | kind | shapes | model / min: smallest | median | largest |"
     assert [line.split(" | ")[0:4] for line in census[2:]] == [["| cuda_core", "add_lora_slices", "decode", "6"],
-                                                             ["| cuda_core", "add_lora_slices", "prefill", "2"]]
+                                                             ["| cuda_core", "add_lora_slices", "prefill", "2"],
+                                                             ["| tensor_core", "add_lora_slices", "prefill", "2"]]
