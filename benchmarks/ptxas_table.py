@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Per-kernel `ptxas -v` resources of csrc/kernels/*.cu as a Markdown table (benchmarks/RESULTS.md).
 
-Compiles each .cu file for each arch with `nvcc -std=c++17 -O3 -Xptxas -v` (no GPU needed) and
+Compiles each .cu file for each arch with `nvcc -Xptxas -v` and csrc/build.json's flags (no GPU needed) and
 prints, per kernel instantiation: registers, spill stores / loads, stack frame, static shared
 memory. Usage: python benchmarks/ptxas_table.py [--src csrc] [--arch 80 90] [--files decode.cu ...]
 """
@@ -9,6 +9,7 @@ memory. Usage: python benchmarks/ptxas_table.py [--src csrc] [--arch 80 90] [--f
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -32,11 +33,19 @@ def demangle(names: list[str]) -> list[str]:
     return short
 
 
+def build_flags(root: str) -> list[str]:
+    """nvcc flags of the extension build (csrc/build.json: C++ standard, include dirs, cuda_flags)."""
+    with open(os.path.join(root, "csrc", "build.json")) as f:
+        build = json.load(f)
+    flags = [f"-std=c++{build['cxx_standard']}"] + [f"-I{os.path.join(root, d)}" for d in build["include_dirs"]]
+    return flags + [f for f in build["cuda_flags"] if f != "-lineinfo"]
+
+
 def compile_one(src: str, cu: str, arch: str) -> list[tuple]:
+    root = os.path.dirname(os.path.abspath(src))
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = ["nvcc", "-std=c++17", "-O3", f"-gencode=arch=compute_{arch},code=sm_{arch}", "-Xptxas", "-v",
-               f"-I{os.path.join(src, 'include')}", "-c", os.path.join(src, "kernels", cu),
-               "-o", os.path.join(tmp, "k.o")]
+        cmd = ["nvcc", *build_flags(root), f"-gencode=arch=compute_{arch},code=sm_{arch}", "-Xptxas", "-v",
+               "-c", os.path.join(src, "kernels", cu), "-o", os.path.join(tmp, "k.o")]
         res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         sys.exit(f"ptxas_table: {' '.join(cmd)} failed:\n{res.stderr}")

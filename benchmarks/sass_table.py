@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import os
 import re
 import shutil
@@ -24,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 
-from ptxas_table import demangle
+from ptxas_table import build_flags, demangle
 
 FUNCTION = re.compile(r"^\s*Function : (\S+)")
 HMMA = re.compile(r"\bHMMA\.(\w+)((?:\.\w+)*)")
@@ -48,13 +47,6 @@ def find_cuobjdump(given: str | None) -> str:
         if c and os.access(c, os.X_OK):
             return c
     sys.exit("sass_table: cuobjdump not found: pass --cuobjdump PATH (CUDA toolkit, or triton's nvidia backend)")
-
-
-def build_flags(root: str) -> list[str]:
-    with open(os.path.join(root, "csrc", "build.json")) as f:
-        build = json.load(f)
-    flags = [f"-std=c++{build['cxx_standard']}"] + [f"-I{os.path.join(root, d)}" for d in build["include_dirs"]]
-    return flags + [f for f in build["cuda_flags"] if f != "-lineinfo"]
 
 
 def compile_one(src: str, flags: list[str], cu: str, arch: str, cuobjdump: str) -> dict[str, dict]:
