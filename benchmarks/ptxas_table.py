@@ -25,6 +25,7 @@ def demangle(names: list[str]) -> list[str]:
     out = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True, check=True).stdout
     short = []
     for line in out.splitlines():
+        line = line.replace("(anonymous namespace)::", "")  # before the parameter list is cut at "("
         line = line.replace("lora_kernels::cuda::detail::", "").replace("lora_kernels::", "")
         line = re.sub(r"^void ", "", line)
         line = re.sub(r"\(.*\)$", "", line)  # the parameter list
