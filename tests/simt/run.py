@@ -94,7 +94,12 @@ BUGS = [
         ("wrong result",)),
     Bug("decode: the last block leaves its group's counter set (the next launch on that workspace never reduces)",
         "include/lora_kernels/decode.cuh",
-        "    if (sh.last) d.counters[pos] = 0;",
+        "    if (sh.last) d.counters[group] = 0;",
+        "",
+        ("wrong result",)),
+    Bug("add_lora_slices decode path: every slice's partials at the first one's offset (the slices overwrite each other's)",
+        "kernels/decode.cu",
+        "        offset += partial_bytes(sp[i], splits);\n",
         "",
         ("wrong result",)),
 ]
