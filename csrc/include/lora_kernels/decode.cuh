@@ -240,9 +240,11 @@ union DecodeSlicesShared {
 };
 
 // grid (max_groups(T, N, kMaxTokens), sum_i blocks_i): blocks_i = ceil(R_i / kRows) (kPlain), or
-// ceil(R_i / kRows) * splits_i (kSplit, kFused), 0 for kNothing.
+// ceil(R_i / kRows) * splits_i (kSplit, kFused), 0 for kNothing. 2 blocks per SM (at most 128
+// registers) as decode_kernel, but for fp64: its bodies together spill under that cap (88 B on
+// sm_90), so fp64 keeps 1 block per SM and no spills (not a serving dtype; same results).
 template <typename T, int VEC, int kRows, int kMaxTokens>
-__global__ void __launch_bounds__(kThreads, 2) decode_slices_kernel(const __grid_constant__ SliceBatch<DecodeSlice> p) {
+__global__ void __launch_bounds__(kThreads, sizeof(T) == 8 ? 1 : 2) decode_slices_kernel(const __grid_constant__ SliceBatch<DecodeSlice> p) {
   __shared__ DecodeSlicesShared<typename Elem<T>::Acc, kRows, kMaxTokens> sh;
   int64_t local = 0;
   const int i = slice_of(p, blockIdx.y, local);
