@@ -5,7 +5,8 @@ without a CUDA device or build (tests/conftest.py).
 
 This build's CUDA add_lora_slices is one shrink and one expand launch for up to 8 slices whose
 blocks run the add_lora kernels' own per-block code on each slice's params (the same vector path
-add_lora would take), so it is bit-for-bit add_lora on each slice (as the CPU op is), and EXACT
+add_lora would take; for few tokens the same decode config: split-K shrink, or shrink and expand
+fused, the decode shapes below), so it is bit-for-bit add_lora on each slice (as the CPU op is), and EXACT
 says so (checked on the CPU executor by tests/simt; not yet on a GPU); a kernel that sums in
 another order sets EXACT = False (then add_lora per slice is compared within the tolerance).
 """
@@ -36,6 +37,8 @@ SHAPES = per_device({  # T, H_in, widths (H_out_i), N, max ranks (R_i)
     },
     "cuda": {
         "llama3-8b-qkv-decode": (64, 4096, (4096, 1024, 1024), 16, (16, 8, 8)),
+        "qkv-decode-T=1": (1, 4096, (4096, 1024, 1024), 4, (16, 8, 8)),  # q plain, k / v fused
+        "decode-T=3-H_in=4097": (3, 4097, (1100, 200, 200), 4, (16, 8, 4)),  # q split-K, k / v fused
         "gate-up-prefill": (300, 512, (1024, 1024), 4, (32, 32)),
         "odd": (37, 97, (1, 3, 131), 5, (7, 1, 5)),
         "slice-R=0": (11, 24, (10, 6, 8), 3, (4, 0, 3)),

@@ -27,7 +27,17 @@
 //   (kFusedMaxColTiles: H_out <= 1024, e.g. the k / v projections of a GQA model, or small
 //   models), and while every group's last block can run at once (T <= kFusedMaxTokens = 64).
 //   A 4096 -> 4096 decode (16 tiles) keeps two launches.
+// - add_lora_slices (launch_add_lora_slices): each slice takes the rule above on its own shapes,
+//   not one rule for all. The rule's inputs differ per slice (R, and H_out for fusion: a GQA qkv
+//   decode has q at 4096 columns, 16 tiles, and k / v at 1024, 4 tiles), so one shared choice
+//   would either fuse q (one block streaming 16 tiles) or keep k and v in two launches; and each
+//   slice's bits stay those of add_lora on that slice. The slices' blocks share one launch, so
+//   their splits add up (up to n times kDecodeTargetBlocks); that costs a second wave of blocks
+//   at most, against one launch per slice saved. The expand of the slices not fused follows in
+//   one launch_expand_slices; a step whose slices are all fused is one launch in all.
 #include <cuda_runtime.h>
+
+#include <vector>
 
 #include "dispatch.cuh"
 #include "lora_kernels/decode.cuh"
@@ -110,6 +120,18 @@ cudaError_t launch_decode(const ShrinkParams& sp, const ExpandParams* ep, const 
     return cudaGetLastError();
   });
 }
+// What slice i of launch_add_lora_slices runs in the first launch (decode.cuh DecodeSlice),
+// as launch_add_lora would on that slice alone with config c.
+detail::SliceMode slice_mode(const ShrinkParams& sp, const ExpandParams& ep, const DecodeConfig& c) {
+  if (sp.map.num_tokens == 0 || sp.max_rank == 0) return detail::SliceMode::kNothing;
+  if (c.fused) return ep.h_out == 0 ? detail::SliceMode::kNothing : detail::SliceMode::kFused;
+  return c.splits > 1 ? detail::SliceMode::kSplit : detail::SliceMode::kPlain;
+}
+
+int64_t slice_blocks(const ShrinkParams& sp, detail::SliceMode m, const DecodeConfig& c) {
+  if (m == detail::SliceMode::kNothing) return 0;
+  return row_blocks(sp) * (m == detail::SliceMode::kPlain ? 1 : (c.splits < 1 ? 1 : c.splits));
+}
 }  // namespace
 
 DecodeConfig decode_config(const ShrinkParams& sp, const ExpandParams* ep) {
@@ -154,6 +176,97 @@ cudaError_t launch_add_lora(const ShrinkParams& sp, const ExpandParams& ep, cons
   }
   if (sp.map.num_tokens == 0 || sp.max_rank == 0 || ep.h_out == 0) return cudaSuccess;
   return launch_decode(sp, &ep, c, workspace, counters_zero, stream);
+}
+
+// Workspace layout of launch_add_lora_slices: the partials of every slice that runs the decode
+// kernel (kSplit, kFused), one 256-byte aligned region each in slice order, then their counters,
+// T per such slice, in one run (one memset clears them all).
+int64_t add_lora_slices_workspace_bytes(const ShrinkParams* sp, const ExpandParams* ep, const DecodeConfig* c,
+                                        int64_t n) {
+  int64_t partials = 0, decoding = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const detail::SliceMode m = slice_mode(sp[i], ep[i], c[i]);
+    if (m != detail::SliceMode::kSplit && m != detail::SliceMode::kFused) continue;
+    partials += partial_bytes(sp[i], c[i].splits < 1 ? 1 : c[i].splits);
+    ++decoding;
+  }
+  if (decoding == 0) return 0;
+  return partials + decoding * sp[0].map.num_tokens * static_cast<int64_t>(sizeof(unsigned));
+}
+
+cudaError_t launch_add_lora_slices(const ShrinkParams* sp, const ExpandParams* ep, const DecodeConfig* c, int64_t n,
+                                   void* workspace, bool counters_zero, cudaStream_t stream) {
+  if (n <= 0 || sp[0].map.num_tokens == 0) return cudaSuccess;
+  if (!detail::plans_ready(sp, n) || !detail::plans_ready(ep, n)) return cudaErrorInvalidValue;
+  const int64_t T = sp[0].map.num_tokens;
+  if (T > 0x7fffffff) return cudaErrorInvalidValue;
+  // Each slice's mode; no slice on the decode kernel: the two slices launches as they are.
+  std::vector<detail::DecodeSlice> slices(static_cast<size_t>(n));
+  int64_t decoding = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const detail::SliceMode m = slice_mode(sp[i], ep[i], c[i]);
+    if (slice_blocks(sp[i], m, c[i]) > detail::kMaxGridY) return cudaErrorInvalidValue;
+    slices[i].mode = m;
+    decoding += m == detail::SliceMode::kSplit || m == detail::SliceMode::kFused;
+  }
+  if (decoding == 0) {
+    const cudaError_t err = launch_shrink_slices(sp, n, stream);
+    return err != cudaSuccess ? err : launch_expand_slices(ep, n, stream);
+  }
+  if (workspace == nullptr) return cudaErrorInvalidValue;
+  char* base = static_cast<char*>(workspace);
+  int64_t partials = 0;
+  for (int64_t i = 0; i < n; ++i)
+    if (slices[i].mode == detail::SliceMode::kSplit || slices[i].mode == detail::SliceMode::kFused)
+      partials += partial_bytes(sp[i], c[i].splits < 1 ? 1 : c[i].splits);
+  unsigned* counters = reinterpret_cast<unsigned*>(base + partials);
+  if (!counters_zero) {
+    const cudaError_t err =
+        cudaMemsetAsync(counters, 0, static_cast<size_t>(decoding * T) * sizeof(unsigned), stream);
+    if (err != cudaSuccess) return err;
+  }
+  return detail::dispatch_dtype(sp[0].dtype, [&](auto elem) {
+    using E = decltype(elem);
+    constexpr int kVec = 16 / sizeof(E);
+    int64_t offset = 0, counter = 0;
+    std::vector<int8_t> va(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) {
+      detail::DecodeSlice& s = slices[i];
+      s.d.shrink = sp[i];
+      s.d.expand = ep[i];
+      va[i] = shrink_vec(sp[i], kVec);  // as launch_shrink / launch_decode decide
+      s.vb = expand_vec(ep[i], kVec);   // as launch_decode decides
+      const int64_t splits = c[i].splits < 1 ? 1 : c[i].splits;
+      s.d.splits = s.mode == detail::SliceMode::kPlain ? 1 : splits;
+      s.d.chunk = chunk_of(sp[i], s.d.splits, va[i] ? kVec : 1);
+      if (s.mode == detail::SliceMode::kSplit || s.mode == detail::SliceMode::kFused) {
+        s.d.partial = base + offset;
+        s.d.counters = counters + counter * T;
+        offset += partial_bytes(sp[i], splits);
+        ++counter;
+      }
+    }
+    using Batch = detail::SliceBatch<detail::DecodeSlice>;
+    static_assert(sizeof(Batch) <= 4096, "decode_slices_kernel's argument must fit 4 KB of kernel parameters");
+    const detail::DecodeSlice* first = slices.data();
+    const dim3 block(detail::kThreads);
+    cudaError_t err = detail::for_each_slice_batch<Batch>(
+        first, n, detail::kMaxSlicesPerLaunch,
+        [&](const detail::DecodeSlice& s) { return slice_blocks(s.d.shrink, s.mode, c[&s - first]); },
+        [&](const detail::DecodeSlice& s) { return va[&s - first] != 0; },
+        [&](const Batch& batch, int64_t blocks) {
+          const dim3 grid(static_cast<unsigned>(max_groups(T, sp[0].num_slots, kMaxTokens)),
+                          static_cast<unsigned>(blocks));
+          LK_LAUNCH(grid, block, 0, stream, detail::decode_slices_kernel<E, kVec, kRows, kMaxTokens>)(batch);
+          return cudaGetLastError();
+        });
+    if (err != cudaSuccess) return err;
+    // The expand of every slice not fused, in launch_expand_slices' launches.
+    std::vector<ExpandParams> rest;
+    for (int64_t i = 0; i < n; ++i)
+      if (!c[i].fused) rest.push_back(ep[i]);  // as launch_add_lora: a fused config never expands apart
+    return rest.empty() ? cudaSuccess : launch_expand_slices(rest.data(), static_cast<int64_t>(rest.size()), stream);
+  });
 }
 
 }  // namespace lora_kernels::cuda

@@ -78,16 +78,21 @@ struct CudaBackend {
   }
   // One launch per phase for every slice (up to 8 slices a launch; more go in chunks of 8): each
   // block finds its slice from a folded grid dimension and runs the add_lora kernel body on that
-  // slice's params, so each slice is bit-equal to add_lora on its column view. No host sync.
+  // slice's params, by the decode_config add_lora would take on that slice (split-K shrink, fused
+  // shrink + expand, or plain), so each slice is bit-equal to add_lora on its column view. The
+  // decode workspace comes from the caching allocator, as add_lora's. No host sync.
   static void add_lora_slices(const std::vector<ShrinkParams>& sp, const std::vector<ExpandParams>& ep,
                               const Plan& plan) {
-    const cudaStream_t stream = current_stream();
     std::vector<ShrinkParams> s;
     std::vector<ExpandParams> e;
+    std::vector<cuda::DecodeConfig> c;
     for (const ShrinkParams& p : sp) s.push_back(with_plan(p, plan));
     for (const ExpandParams& p : ep) e.push_back(with_plan(p, plan));
-    C10_CUDA_CHECK(cuda::launch_shrink_slices(s.data(), static_cast<int64_t>(s.size()), stream));
-    C10_CUDA_CHECK(cuda::launch_expand_slices(e.data(), static_cast<int64_t>(e.size()), stream));
+    for (size_t i = 0; i < s.size(); ++i) c.push_back(cuda::decode_config(s[i], &e[i]));
+    const int64_t n = static_cast<int64_t>(s.size());
+    const at::Tensor ws = workspace(cuda::add_lora_slices_workspace_bytes(s.data(), e.data(), c.data(), n));
+    C10_CUDA_CHECK(cuda::launch_add_lora_slices(s.data(), e.data(), c.data(), n, ws.defined() ? ws.data_ptr() : nullptr,
+                                                false, current_stream()));
   }
 };
 

@@ -542,7 +542,32 @@ struct SliceSpec {
   int64_t x_pad = 0, x_off = 0, y_pad = 0, y_off = 0;
   int misaligned = -1;  // this slice's lora_a and lora_b start one element past a 16-byte boundary
   bool tc = false;      // fp16 / bf16 take the tensor-core path (checked by its launch counter)
+  // The decode path (launch_add_lora_slices) instead of launch_shrink_slices + launch_expand_slices:
+  // each slice's config is decode_config's on that slice, or forced (splits[i] > 0: that many
+  // splits, fused[i]); modes: what each slice must run ('P' plain shrink, 'S' split-K shrink, 'F'
+  // fused, '-' nothing); log: the kernels the call must launch. Checked against the float64
+  // reference and bit for bit against launch_add_lora on each slice alone with its config, and
+  // rerun on the first call's workspace (counters_zero) in another block order: the same bits.
+  bool decode = false;
+  std::vector<int64_t> splits = {};
+  std::vector<int> fused = {};
+  std::string modes = {}, log = {};
 };
+
+// Which kernels the last launches ran, for the slices' paths.
+std::string slices_launched() {
+  std::string out;
+  for (const std::string& k : lk_simt::launch_log()) {
+    const std::string n = k.find("decode_slices_kernel") != std::string::npos   ? "decode slices"
+                          : k.find("shrink_slices_kernel") != std::string::npos ? "shrink slices"
+                          : k.find("expand_slices_kernel") != std::string::npos ? "expand slices"
+                          : k.find("decode_kernel") != std::string::npos        ? "decode"
+                          : k.find("shrink_kernel") != std::string::npos        ? "shrink"
+                          : k.find("expand_kernel") != std::string::npos        ? "expand" : k;
+    out += (out.empty() ? "" : " + ") + n;
+  }
+  return out.empty() ? "nothing" : out;
+}
 
 template <typename T>
 Result run_slices(const SliceSpec& s, bool segments, uint32_t seed) {
@@ -570,6 +595,11 @@ Result run_slices(const SliceSpec& s, bool segments, uint32_t seed) {
     indptr.push_back(T_);
     for (auto& a : seg_adapter) a = uniform(-1, N - 1);
     if (s.out_of_range && S >= 2) seg_adapter[1] = 1000;
+  }
+  if (s.decode && T_ > 0) {  // few tokens: token 0 on slot 0 (full rank), so no case is all "no adapter"
+    indices[0] = 0;
+    for (int64_t seg = 0; seg < S; ++seg)
+      if (indptr[seg] == 0 && indptr[seg + 1] > 0) seg_adapter[seg] = 0;
   }
   std::vector<int64_t> slot_of(indices);
   if (segments)
@@ -645,7 +675,9 @@ Result run_slices(const SliceSpec& s, bool segments, uint32_t seed) {
     c.ep.num_slots = N, c.ep.max_rank = R, c.ep.h_out = Ho, c.ep.dtype = Ty::kDType, c.ep.map = map;
   }
 
-  // Shrink: all slices in one call, then each slice alone (bit-equal).
+  Buf<T> y_alone(y.n);
+  std::memcpy(y_alone.p, y.p, y.n * sizeof(T));
+  const std::vector<T> y_in(y.p, y.p + y.n);
   std::vector<ShrinkParams> sps;
   for (auto& c : sl) sps.push_back(c.sp);
   const bool tc = s.tc && (std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>);
@@ -656,17 +688,84 @@ Result run_slices(const SliceSpec& s, bool segments, uint32_t seed) {
                                                                 : " took the tensor-core path unexpectedly"));
     launches = now;
   };
-  res.check(cuda::launch_shrink_slices(sps.data(), n, nullptr) == cudaSuccess, "launch_shrink_slices reported an error");
-  check_path("launch_shrink_slices");
-  for (auto& c : sl) {
-    ShrinkParams alone = c.sp;
-    alone.v = c.v_alone->p;
-    if (res.ok) res.check(cuda::launch_shrink(alone, nullptr) == cudaSuccess, "launch_shrink reported an error");
+  std::vector<ExpandParams> eps;
+  for (auto& c : sl) eps.push_back(c.ep);
+  std::vector<bool> fused(n, false);  // a fused slice's v is never written
+  std::string decode_note;
+  if (!s.decode) {
+    // Shrink: all slices in one call, then each slice alone (bit-equal).
+    res.check(cuda::launch_shrink_slices(sps.data(), n, nullptr) == cudaSuccess, "launch_shrink_slices reported an error");
+    check_path("launch_shrink_slices");
+    for (auto& c : sl) {
+      ShrinkParams alone = c.sp;
+      alone.v = c.v_alone->p;
+      if (res.ok) res.check(cuda::launch_shrink(alone, nullptr) == cudaSuccess, "launch_shrink reported an error");
+    }
+  } else {
+    // The decode path: one call for every slice, then launch_add_lora on each slice alone.
+    std::vector<cuda::DecodeConfig> cfg(n);
+    std::string modes;
+    for (int64_t i = 0; i < n; ++i) {
+      cfg[i] = cuda::decode_config(sps[i], &eps[i]);
+      if (!s.splits.empty() && s.splits[i] > 0) {
+        cfg[i].splits = s.splits[i], cfg[i].fused = s.fused[i] != 0;
+        cfg[i].workspace_bytes = cuda::decode_workspace_bytes(sps[i], cfg[i]);
+      }
+      fused[i] = cfg[i].fused;
+      modes += T_ == 0 || sl[i].R == 0 || (cfg[i].fused && sl[i].Ho == 0) ? '-'
+               : cfg[i].fused                                            ? 'F'
+               : cfg[i].splits > 1                                       ? 'S' : 'P';
+    }
+    res.check(modes == s.modes, "the slices' configs give modes " + modes + ", expected " + s.modes);
+    Buf<unsigned char> ws(static_cast<size_t>(cuda::add_lora_slices_workspace_bytes(sps.data(), eps.data(), cfg.data(), n)));
+    std::memset(ws.p, 0xff, ws.n);  // NaN partials, garbage counters: the launcher clears those
+    lk_simt::launch_log().clear();
+    if (res.ok)
+      res.check(cuda::launch_add_lora_slices(sps.data(), eps.data(), cfg.data(), n, ws.p, false, nullptr) == cudaSuccess,
+                "launch_add_lora_slices reported an error");
+    res.check(slices_launched() == s.log, "launch_add_lora_slices ran " + slices_launched() + ", expected " + s.log);
+    for (int64_t i = 0; i < n && res.ok; ++i) {
+      Slice& c = sl[i];
+      ShrinkParams alone = c.sp;
+      alone.v = c.v_alone->p;
+      ExpandParams e = c.ep;
+      e.v = c.v_alone->p;
+      e.y = y_alone.p + s.y_off + c.col;
+      Buf<unsigned char> wsi(static_cast<size_t>(cfg[i].workspace_bytes));
+      res.check(cuda::launch_add_lora(alone, e, cfg[i], wsi.p, false, nullptr) == cudaSuccess,
+                "launch_add_lora reported an error");
+    }
+    // Again on the first call's workspace (its counters must be back to 0), another block order.
+    Buf<T> y2(y.n);
+    if (y.n) std::memcpy(y2.p, y_in.data(), y.n * sizeof(T));
+    std::vector<std::unique_ptr<Buf<Acc>>> v2;
+    std::vector<ShrinkParams> sps2(sps);
+    std::vector<ExpandParams> eps2(eps);
+    for (int64_t i = 0; i < n; ++i) {
+      v2.push_back(std::make_unique<Buf<Acc>>(sl[i].v->n));
+      for (size_t k = 0; k < v2[i]->n; ++k) v2[i]->p[k] = static_cast<Acc>(nan);
+      sps2[i].v = v2[i]->p, eps2[i].v = v2[i]->p;
+      eps2[i].y = y2.p + s.y_off + sl[i].col;
+    }
+    if (res.ok)
+      res.check(cuda::launch_add_lora_slices(sps2.data(), eps2.data(), cfg.data(), n, ws.p, true, nullptr) == cudaSuccess,
+                "launch_add_lora_slices reported an error (second call)");
+    if (!res.ok) return res;
+    res.check(std::memcmp(y2.p, y.p, y.n * sizeof(T)) == 0,
+              "y differs bitwise between two calls (another block order; the second on the first's workspace)");
+    for (int64_t i = 0; i < n; ++i)
+      res.check(std::memcmp(v2[i]->p, sl[i].v->p, sl[i].v->n * sizeof(Acc)) == 0,
+                "slice " + std::to_string(i) + ": v differs bitwise between two calls");
+    decode_note = ", modes " + modes + ", ran " + s.log + ", rerun bit-equal";
   }
   if (!res.ok) return res;
   double worst_v = 0, worst_y = 0;
   for (int64_t i = 0; i < n; ++i) {
     const Slice& c = sl[i];
+    if (fused[i]) {  // v never written: still NaN, as launch_add_lora's
+      res.check(std::memcmp(c.v->p, c.v_alone->p, c.v->n * sizeof(Acc)) == 0, "slice " + std::to_string(i) + ": fused, yet v written");
+      continue;
+    }
     const std::string tag = "slice " + std::to_string(i) + ": ";
     double err2 = 0, ref2 = 0;
     for (int64_t t = 0; t < T_; ++t) {
@@ -690,18 +789,15 @@ Result run_slices(const SliceSpec& s, bool segments, uint32_t seed) {
   if (!res.ok) return res;
 
   // Expand: all slices in one call on y, each slice alone on a copy of y (bit-equal).
-  Buf<T> y_alone(y.n);
-  std::memcpy(y_alone.p, y.p, y.n * sizeof(T));
-  std::vector<T> y_in(y.p, y.p + y.n);
-  std::vector<ExpandParams> eps;
-  for (auto& c : sl) eps.push_back(c.ep);
-  launches = cuda::tensor_core_launches();
-  res.check(cuda::launch_expand_slices(eps.data(), n, nullptr) == cudaSuccess, "launch_expand_slices reported an error");
-  check_path("launch_expand_slices");
-  for (auto& c : sl) {
-    ExpandParams alone = c.ep;
-    alone.y = y_alone.p + s.y_off + c.col;
-    if (res.ok) res.check(cuda::launch_expand(alone, nullptr) == cudaSuccess, "launch_expand reported an error");
+  if (!s.decode) {
+    launches = cuda::tensor_core_launches();
+    res.check(cuda::launch_expand_slices(eps.data(), n, nullptr) == cudaSuccess, "launch_expand_slices reported an error");
+    check_path("launch_expand_slices");
+    for (auto& c : sl) {
+      ExpandParams alone = c.ep;
+      alone.y = y_alone.p + s.y_off + c.col;
+      if (res.ok) res.check(cuda::launch_expand(alone, nullptr) == cudaSuccess, "launch_expand reported an error");
+    }
   }
   if (!res.ok) return res;
   std::vector<bool> in_view(y.n, false);
@@ -737,9 +833,11 @@ Result run_slices(const SliceSpec& s, bool segments, uint32_t seed) {
   }
   for (size_t i = 0; i < y.n; ++i)
     if (!in_view[i]) res.check(std::memcmp(&y.p[i], &y_in[i], sizeof(T)) == 0, "y changed outside the slices' columns");
-  res.check(std::memcmp(y.p, y_alone.p, y.n * sizeof(T)) == 0, "y differs bitwise from launch_expand on each slice alone");
+  res.check(std::memcmp(y.p, y_alone.p, y.n * sizeof(T)) == 0,
+            s.decode ? "y differs bitwise from launch_add_lora on each slice alone with its config"
+                     : "y differs bitwise from launch_expand on each slice alone");
   res.why = res.ok ? "v err " + fmt("%.2g", worst_v) + ", y err " + fmt("%.2g", worst_y) + ", bit-equal per slice" +
-                         (tc ? ", tensor cores" : "")
+                         decode_note + (tc ? ", tensor cores" : "")
                    : res.why;
   return res;
 }
@@ -763,7 +861,32 @@ std::vector<SliceSpec> slice_specs(bool quick) {
   all[4].out_of_range = true;
   all[7].tc = all[8].tc = true;
   all[8].x_pad = 3, all[8].x_off = 1, all[8].y_pad = 5, all[8].y_off = 2, all[8].misaligned = 1;
-  if (quick) return {all[3], all[1], all[8]};  // for the planted bugs (fp32, indices only; all[8] in bf16)
+  // The decode path (launch_add_lora_slices).
+  std::vector<SliceSpec> dec = {
+      //  name                                                   T   H_in  N  H_out per slice    R per slice
+      {"slices decode qkv GQA T=1 H_in=4097 auto", 1, 4097, 3, {1280, 256, 256}, {16, 8, 4}},
+      {"slices decode T=3 H_in=4097 strided int64 auto, rank-0 slice", 3, 4097, 4, {1100, 200, 200, 64}, {16, 8, 4, 0}},
+      {"slices decode T=64 auto (1 split, all fused)", 64, 256, 8, {300, 64, 64}, {16, 8, 8}},
+      {"slices decode forced mixed modes, mixed vector paths", 5, 300, 3, {77, 40, 24, 16}, {8, 7, 4, 8}},
+      {"slices decode 10 forced (two launches)", 2, 64, 3, {8, 4, 8, 4, 8, 4, 8, 4, 8, 12}, {1, 2, 3, 4, 1, 2, 3, 4, 1, 2}},
+      {"slices decode T=100 auto (no decode kernel)", 100, 64, 5, {32, 16}, {8, 4}},
+      {"slices decode T=0", 0, 64, 2, {8, 4}, {4, 2}},
+  };
+  for (auto& d : dec) d.decode = true;
+  dec[0].modes = "SFF", dec[0].log = "decode slices + expand slices";
+  dec[1].modes = "SFF-", dec[1].log = "decode slices + expand slices";
+  dec[1].x_pad = 3, dec[1].x_off = 1, dec[1].y_pad = 5, dec[1].y_off = 2, dec[1].idx64 = true;
+  dec[2].modes = "FFF", dec[2].log = "decode slices";
+  dec[3].splits = {3, 1, 2, 5}, dec[3].fused = {0, 0, 1, 1}, dec[3].modes = "SPFF";
+  dec[3].log = "decode slices + expand slices", dec[3].misaligned = 2, dec[3].out_of_range = true;
+  dec[3].y_pad = 3, dec[3].y_off = 1;
+  dec[4].splits = {2, 2, 2, 2, 2, 2, 2, 2, 2, 2}, dec[4].fused = {1, 0, 1, 0, 1, 0, 1, 0, 1, 0};
+  dec[4].modes = "FSFSFSFSFS", dec[4].log = "decode slices + decode slices + expand slices";
+  dec[5].modes = "PP", dec[5].log = "shrink slices + expand slices";
+  dec[6].modes = "--", dec[6].log = "nothing";
+  // for the planted bugs (indices only; fp32, all[8] in bf16)
+  if (quick) return {all[3], all[1], all[8], dec[3]};
+  all.insert(all.end(), dec.begin(), dec.end());
   return all;
 }
 

@@ -60,16 +60,19 @@ __device__ __forceinline__ Acc reduced_v(const DecodeParams& d, const TokenGroup
 // grid (max_groups(T, N, kGroupTokens), ceil(R / kRows) * splits), block kThreads, at most 128 registers a thread (2 blocks
 // per SM: the rule in decode.cu counts on it). VA: the shrink's vector width (x, A); VB: the
 // expand's (B), fused only.
+//
+// decode_block is the work of block (group, col) (block-wide); decode_kernel runs it on
+// (blockIdx.x, blockIdx.y), decode_slices_kernel on each slice's own params.
 template <typename T, int VA, int VB, int kRows, int kMaxTokens, bool kFused>
-__global__ void __launch_bounds__(kThreads, 2) decode_kernel(const __grid_constant__ DecodeParams d) {
+__device__ __forceinline__ void decode_block(const DecodeParams& d, int64_t group, int64_t col,
+                                             DecodeShared<typename Numeric<T>::Acc, kRows, kMaxTokens>& sh) {
   using Acc = typename Numeric<T>::Acc;
-  __shared__ DecodeShared<Acc, kRows, kMaxTokens> sh;
   const ShrinkParams& p = d.shrink;
   TokenGroup<kMaxTokens>& g = sh.g;
   const int tid = threadIdx.x;
-  const int64_t group = blockIdx.x;  // the plan's group number; counters[group] is its counter
+  // group: the plan's group number; counters[group] is its counter
   const int64_t row_blocks = (p.max_rank + kRows - 1) / kRows;
-  const int64_t row_block = blockIdx.y % row_blocks, split = blockIdx.y / row_blocks;
+  const int64_t row_block = col % row_blocks, split = col / row_blocks;
   if (tid == 0) g.count = 0;
   find_group<kMaxTokens>(p.map, group, g);
   const int count = g.count;
@@ -207,6 +210,63 @@ __global__ void __launch_bounds__(kThreads, 2) decode_kernel(const __grid_consta
         }
       }
     }
+  }
+}
+
+template <typename T, int VA, int VB, int kRows, int kMaxTokens, bool kFused>
+__global__ void __launch_bounds__(kThreads, 2) decode_kernel(const __grid_constant__ DecodeParams d) {
+  __shared__ DecodeShared<typename Numeric<T>::Acc, kRows, kMaxTokens> sh;
+  decode_block<T, VA, VB, kRows, kMaxTokens, kFused>(d, blockIdx.x, blockIdx.y, sh);
+}
+
+// add_lora_slices on the decode path (launch_add_lora_slices): every slice's first phase in one
+// launch (SliceBatch's folded grid y), each slice by its own DecodeConfig (decode_config on that
+// slice): kPlain runs shrink_block (launch_shrink's body; launch_expand_slices follows), kSplit
+// decode_block<kFused = false> (launch_shrink_decode's; launch_expand_slices follows), kFused
+// decode_block<kFused = true> (launch_add_lora's fused launch: no expand follows). Each slice
+// has its own partials and counters in the workspace, so its bits are those of launch_add_lora
+// on that slice with the same config.
+enum class SliceMode : int32_t { kNothing = -1, kPlain = 0, kSplit = 1, kFused = 2 };
+struct DecodeSlice {
+  DecodeParams d;
+  SliceMode mode = SliceMode::kNothing;
+  bool vb = false;  // the fused expand's vector path (B); SliceBatch::vectorized is the shrink's (x, A)
+};
+
+template <typename Acc, int kRows, int kMaxTokens>
+union DecodeSlicesShared {
+  ShrinkShared<Acc, kRows, kMaxTokens> shrink;
+  DecodeShared<Acc, kRows, kMaxTokens> decode;
+};
+
+// grid (max_groups(T, N, kMaxTokens), sum_i blocks_i): blocks_i = ceil(R_i / kRows) (kPlain), or
+// ceil(R_i / kRows) * splits_i (kSplit, kFused), 0 for kNothing. 2 blocks per SM (at most 128
+// registers) as decode_kernel, but for fp64: its bodies together spill under that cap (88 B on
+// sm_90), so fp64 keeps 1 block per SM and no spills (not a serving dtype; same results).
+template <typename T, int VEC, int kRows, int kMaxTokens>
+__global__ void __launch_bounds__(kThreads, sizeof(T) == 8 ? 1 : 2) decode_slices_kernel(const __grid_constant__ SliceBatch<DecodeSlice> p) {
+  __shared__ DecodeSlicesShared<typename Numeric<T>::Acc, kRows, kMaxTokens> sh;
+  int64_t local = 0;
+  const int i = slice_of(p, blockIdx.y, local);
+  const DecodeSlice& s = p.slice[i];
+  const bool va = VEC > 1 && p.vectorized[i], vb = VEC > 1 && s.vb;
+  switch (s.mode) {
+    case SliceMode::kPlain:
+      if (va) shrink_block<T, VEC, kRows, kMaxTokens>(s.d.shrink, blockIdx.x, local, sh.shrink);
+      else shrink_block<T, 1, kRows, kMaxTokens>(s.d.shrink, blockIdx.x, local, sh.shrink);
+      break;
+    case SliceMode::kSplit:
+      if (va) decode_block<T, VEC, 1, kRows, kMaxTokens, false>(s.d, blockIdx.x, local, sh.decode);
+      else decode_block<T, 1, 1, kRows, kMaxTokens, false>(s.d, blockIdx.x, local, sh.decode);
+      break;
+    case SliceMode::kFused:
+      if (va && vb) decode_block<T, VEC, VEC, kRows, kMaxTokens, true>(s.d, blockIdx.x, local, sh.decode);
+      else if (va) decode_block<T, VEC, 1, kRows, kMaxTokens, true>(s.d, blockIdx.x, local, sh.decode);
+      else if (vb) decode_block<T, 1, VEC, kRows, kMaxTokens, true>(s.d, blockIdx.x, local, sh.decode);
+      else decode_block<T, 1, 1, kRows, kMaxTokens, true>(s.d, blockIdx.x, local, sh.decode);
+      break;
+    default:
+      break;  // no block columns
   }
 }
 

@@ -56,7 +56,8 @@ cudaError_t launch_expand(const ExpandParams& p, cudaStream_t stream);
 // y column view), in one launch per phase for up to 8 slices (more go in launches of 8 slices
 // each, and a chunk also closes before its folded grid would pass 65535 block columns). Each
 // slice's results are bit-equal to launch_shrink / launch_expand on that slice alone (the
-// same path, tensor cores or not, and the same per-block code).
+// same path, tensor cores or not, and the same per-block code). For few
+// tokens add_lora_slices goes through launch_add_lora_slices below instead (the decode path).
 cudaError_t launch_shrink_slices(const ShrinkParams* slices, int64_t n, cudaStream_t stream);
 cudaError_t launch_expand_slices(const ExpandParams* slices, int64_t n, cudaStream_t stream);
 
@@ -92,6 +93,24 @@ cudaError_t launch_shrink_decode(const ShrinkParams& sp, const DecodeConfig& c, 
 // launch_shrink_decode + launch_expand.
 cudaError_t launch_add_lora(const ShrinkParams& sp, const ExpandParams& ep, const DecodeConfig& c, void* workspace,
                             bool counters_zero, cudaStream_t stream);
+
+// add_lora_slices on the decode path: launch_add_lora on each of the n slices with its own
+// config c[i] (decode_config(sp[i], &ep[i]): each slice's splits and fusion come from its own
+// shapes, as add_lora on that slice would take them), in one launch for every slice's shrink
+// phase and one launch_expand_slices for the slices not fused (none when all are fused; more
+// than 8 slices: launches of 8, as launch_shrink_slices). In the first launch each slice runs
+// launch_shrink's body (splits 1, not fused), launch_shrink_decode's (splits > 1) or
+// launch_add_lora's fused one, on its own partials and counters, so each slice's v and y are
+// bit-equal to launch_add_lora on that slice with c[i], whatever the block order. When no
+// slice needs the decode kernel this is launch_shrink_slices + launch_expand_slices (the
+// workspace is then unused). sp[i] and ep[i] are slice i's params as in launch_shrink_slices /
+// launch_expand_slices (ep[i].v is sp[i].v; a fused slice does not write its v). The workspace
+// (add_lora_slices_workspace_bytes, 256-byte aligned) holds every decoding slice's partials,
+// then their counters, which counters_zero treats as launch_add_lora does.
+int64_t add_lora_slices_workspace_bytes(const ShrinkParams* sp, const ExpandParams* ep, const DecodeConfig* c,
+                                        int64_t n);
+cudaError_t launch_add_lora_slices(const ShrinkParams* sp, const ExpandParams* ep, const DecodeConfig* c, int64_t n,
+                                   void* workspace, bool counters_zero, cudaStream_t stream);
 
 // v[t, j] = lora_a[a, j, token_ids[t]] for j < r_a, else 0. Per token: needs no plan.
 cudaError_t launch_embedding_shrink(const EmbeddingShrinkParams& p, cudaStream_t stream);
