@@ -84,48 +84,8 @@ __device__ __forceinline__ void decode_block(const DecodeParams& d, int64_t grou
   const int64_t k0 = split * d.chunk;
   const int64_t k1 = p.h_in - k0 < d.chunk ? p.h_in : k0 + d.chunk;
 
-  // This block's partial sums: shrink_block's loop on [k0, k1).
-  Acc acc[kMaxTokens][kRows];
-#pragma unroll
-  for (int m = 0; m < kMaxTokens; ++m)
-#pragma unroll
-    for (int j = 0; j < kRows; ++j) acc[m][j] = Acc(0);
-  if (jn > 0) {
-    const T* a = static_cast<const T*>(p.lora_a) + (g.slot * p.max_rank + j0) * p.h_in;
-    const T* x = static_cast<const T*>(p.x);
-    for (int64_t k = k0 + static_cast<int64_t>(tid) * VA; k < k1; k += kThreads * VA) {
-      Acc w[kRows][VA];
-#pragma unroll
-      for (int j = 0; j < kRows; ++j) {
-        if (j < jn) {
-          load_vec<T, VA>(a + j * p.h_in + k, w[j]);
-        } else {
-#pragma unroll
-          for (int e = 0; e < VA; ++e) w[j][e] = Acc(0);
-        }
-      }
-#pragma unroll
-      for (int m = 0; m < kMaxTokens; ++m) {
-        if (m < count) {
-          Acc xv[VA];
-          load_vec<T, VA>(x + g.rows[m] * p.x_stride + k, xv);
-#pragma unroll
-          for (int j = 0; j < kRows; ++j)
-#pragma unroll
-            for (int e = 0; e < VA; ++e) acc[m][j] += xv[e] * w[j][e];
-        }
-      }
-    }
-  }
-  const int lane = tid & 31, warp = tid >> 5;
-#pragma unroll
-  for (int m = 0; m < kMaxTokens; ++m)
-#pragma unroll
-    for (int j = 0; j < kRows; ++j) {
-      const Acc s = warp_sum(acc[m][j]);
-      if (lane == 0) sh.partial[warp][m * kRows + j] = s;
-    }
-  __syncthreads();
+  // This block's partial sums: the shrink's (shrink_partial_sums) on [k0, k1).
+  shrink_partial_sums<T, VA, kRows, kMaxTokens>(p, g, j0, jn, k0, k1, sh.partial);
   const int64_t T_ = p.map.num_tokens, R = p.max_rank;
   Acc* part = static_cast<Acc*>(d.partial);
   for (int i = tid; i < count * kRows; i += kThreads) {

@@ -113,31 +113,19 @@ __device__ void find_group(const TokenMap& map, int64_t group, TokenGroup<G>& g)
   __syncthreads();
 }
 
-// Shared memory of one shrink block.
-template <typename Acc, int kRows, int kMaxTokens>
-struct ShrinkShared {
-  TokenGroup<kMaxTokens> g;
-  Acc partial[kWarps][kMaxTokens * kRows];
-};
-
-// The work of one shrink block (block-wide): writes v[t, j0 : j0 + kRows], j0 = row_block * kRows,
-// for group number `group` of the plan. shrink_kernel and shrink_slices_kernel both run it.
+// Block-wide: for the group's tokens m and the jn rank rows j of A below the slot's rank
+// (from row j0), the sums x[rows[m], k0:k1) . A[slot, j0 + j, k0:k1), each thread's share
+// reduced over its warp into partial[warp][m * kRows + j] (the caller adds the kWarps entries
+// in warp order; the barrier this ends with makes them visible). The shrink runs it on
+// [0, H_in); each split-K block of the decode path (decode.cuh) on its own chunk of H_in, with
+// the same per-thread order, so a single split is bit-equal to the shrink.
 template <typename T, int VEC, int kRows, int kMaxTokens>
-__device__ __forceinline__ void shrink_block(const ShrinkParams& p, int64_t group, int64_t row_block,
-                                             ShrinkShared<typename Numeric<T>::Acc, kRows, kMaxTokens>& sh) {
+__device__ __forceinline__ void shrink_partial_sums(const ShrinkParams& p, const TokenGroup<kMaxTokens>& g, int64_t j0,
+                                                    int jn, int64_t k0, int64_t k1,
+                                                    typename Numeric<T>::Acc (&partial)[kWarps][kMaxTokens * kRows]) {
   using Acc = typename Numeric<T>::Acc;
-  TokenGroup<kMaxTokens>& g = sh.g;
-  auto& partial = sh.partial;
-  find_group<kMaxTokens>(p.map, group, g);
-  const int count = g.count;
-  if (count == 0) return;
   const int tid = threadIdx.x;
-  const int64_t r = effective_rank(p.ranks, g.slot, p.num_slots, p.max_rank);
-  const int64_t j0 = row_block * kRows;
-  const int64_t rows_here = p.max_rank - j0 < kRows ? p.max_rank - j0 : kRows;
-  const int64_t computed = r - j0 < 0 ? 0 : (r - j0 < rows_here ? r - j0 : rows_here);
-  const int jn = static_cast<int>(computed);
-
+  const int count = g.count;
   Acc acc[kMaxTokens][kRows];
 #pragma unroll
   for (int m = 0; m < kMaxTokens; ++m)
@@ -147,7 +135,7 @@ __device__ __forceinline__ void shrink_block(const ShrinkParams& p, int64_t grou
   if (jn > 0) {
     const T* a = static_cast<const T*>(p.lora_a) + (g.slot * p.max_rank + j0) * p.h_in;
     const T* x = static_cast<const T*>(p.x);
-    for (int64_t k = static_cast<int64_t>(tid) * VEC; k < p.h_in; k += kThreads * VEC) {
+    for (int64_t k = k0 + static_cast<int64_t>(tid) * VEC; k < k1; k += kThreads * VEC) {
       Acc w[kRows][VEC];
 #pragma unroll
       for (int j = 0; j < kRows; ++j) {
@@ -181,6 +169,34 @@ __device__ __forceinline__ void shrink_block(const ShrinkParams& p, int64_t grou
       if (lane == 0) partial[warp][m * kRows + j] = s;
     }
   __syncthreads();
+}
+
+// Shared memory of one shrink block.
+template <typename Acc, int kRows, int kMaxTokens>
+struct ShrinkShared {
+  TokenGroup<kMaxTokens> g;
+  Acc partial[kWarps][kMaxTokens * kRows];
+};
+
+// The work of one shrink block (block-wide): writes v[t, j0 : j0 + kRows], j0 = row_block * kRows,
+// for group number `group` of the plan. shrink_kernel and shrink_slices_kernel both run it.
+template <typename T, int VEC, int kRows, int kMaxTokens>
+__device__ __forceinline__ void shrink_block(const ShrinkParams& p, int64_t group, int64_t row_block,
+                                             ShrinkShared<typename Numeric<T>::Acc, kRows, kMaxTokens>& sh) {
+  using Acc = typename Numeric<T>::Acc;
+  TokenGroup<kMaxTokens>& g = sh.g;
+  auto& partial = sh.partial;
+  find_group<kMaxTokens>(p.map, group, g);
+  const int count = g.count;
+  if (count == 0) return;
+  const int tid = threadIdx.x;
+  const int64_t r = effective_rank(p.ranks, g.slot, p.num_slots, p.max_rank);
+  const int64_t j0 = row_block * kRows;
+  const int64_t rows_here = p.max_rank - j0 < kRows ? p.max_rank - j0 : kRows;
+  const int64_t computed = r - j0 < 0 ? 0 : (r - j0 < rows_here ? r - j0 : rows_here);
+  const int jn = static_cast<int>(computed);
+
+  shrink_partial_sums<T, VEC, kRows, kMaxTokens>(p, g, j0, jn, 0, p.h_in, partial);
   Acc* v = static_cast<Acc*>(p.v);
   for (int i = tid; i < count * kRows; i += kThreads) {
     const int m = i / kRows, j = i % kRows;
