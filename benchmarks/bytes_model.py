@@ -268,14 +268,12 @@ class Traffic:
         return sum(self.parts.values())
 
 
-def cuda_core_shrink(H_in: int, R: int, r: int, e: int, groups, grid_x: int, tiles: dict) -> Traffic:
-    """shrink_block (kernels.cuh): grid (max_groups, ceil(R / kShrinkRows)); block (k, rb) runs
-    group k on rank rows j0 .. j0 + kShrinkRows: it reads the slot's rank (broadcast) and, for
-    the jn rows below it, jn whole rows of A and each token's row of x (so x once per row
-    block); it writes its tokens' v[:, j0:j0 + rows] (zeros past r) in fp32. A group of the
-    no-adapter bucket reads no rank and writes zeros."""
+def row_block_shrink(H_in: int, R: int, r: int, e: int, groups, grid_x: int, rows: int) -> Traffic:
+    """A shrink whose block (k, rb) runs group k on `rows` rank rows j0 .. j0 + rows: it reads the
+    slot's rank (broadcast) and, for the jn rows below it, jn whole rows of A and each token's row
+    of x (so x once per row block); it writes its tokens' v[:, j0:j0 + rows] (zeros past r) in
+    fp32. A group of the no-adapter bucket reads no rank and writes zeros."""
     t = Traffic()
-    rows = tiles["kShrinkRows"]
     blocks = math.ceil(R / rows)
     for rb in range(blocks):
         j0 = rb * rows
@@ -292,14 +290,12 @@ def cuda_core_shrink(H_in: int, R: int, r: int, e: int, groups, grid_x: int, til
     return t
 
 
-def cuda_core_expand(H_out: int, R: int, r: int, e: int, groups, grid_x: int, tiles: dict) -> Traffic:
-    """expand_block (kernels.cuh): grid (max_groups, ceil(H_out / kThreads)), one output column
-    per thread; block (k, cb) runs group k: it reads the slot's rank (broadcast), stages its
-    tokens' v[:, :r] (fp32) in shared memory once, each thread reads its column's row of B (r
-    elements) and reads and writes its tokens' y; scaling[slot] once (broadcast). The
-    no-adapter bucket's groups (and rank 0) touch nothing past the plan."""
+def column_block_expand(H_out: int, r: int, e: int, groups, grid_x: int, cols_per_block: int) -> Traffic:
+    """An expand whose block (k, cb) runs group k on `cols_per_block` output columns: it reads the
+    slot's rank (broadcast), its tokens' v[:, :r] (fp32) once, its columns' rows of B[:, :r]
+    once, scaling[slot] (broadcast) and its tokens' y, read and written once. The no-adapter
+    bucket's groups (and rank 0) touch nothing past the plan."""
     t = Traffic()
-    cols_per_block = tiles["kThreads"]
     blocks = math.ceil(H_out / cols_per_block)
     for cb in range(blocks):
         cols = min(cols_per_block, H_out - cb * cols_per_block)
@@ -316,6 +312,24 @@ def cuda_core_expand(H_out: int, R: int, r: int, e: int, groups, grid_x: int, ti
             t.add("ranks+scaling", ACC_BYTES)
     t.add("plan", blocks * find_group_reads(groups, grid_x) * INDEX_BYTES)
     return t
+
+
+def cuda_core_shrink(H_in: int, R: int, r: int, e: int, groups, grid_x: int, tiles: dict) -> Traffic:
+    """shrink_block (kernels.cuh): grid (max_groups, ceil(R / kShrinkRows)); block (k, rb) runs
+    group k on rank rows j0 .. j0 + kShrinkRows: it reads the slot's rank (broadcast) and, for
+    the jn rows below it, jn whole rows of A and each token's row of x (so x once per row
+    block); it writes its tokens' v[:, j0:j0 + rows] (zeros past r) in fp32. A group of the
+    no-adapter bucket reads no rank and writes zeros."""
+    return row_block_shrink(H_in, R, r, e, groups, grid_x, tiles["kShrinkRows"])
+
+
+def cuda_core_expand(H_out: int, R: int, r: int, e: int, groups, grid_x: int, tiles: dict) -> Traffic:
+    """expand_block (kernels.cuh): grid (max_groups, ceil(H_out / kThreads)), one output column
+    per thread; block (k, cb) runs group k: it reads the slot's rank (broadcast), stages its
+    tokens' v[:, :r] (fp32) in shared memory once, each thread reads its column's row of B (r
+    elements) and reads and writes its tokens' y; scaling[slot] once (broadcast). The
+    no-adapter bucket's groups (and rank 0) touch nothing past the plan."""
+    return column_block_expand(H_out, r, e, groups, grid_x, tiles["kThreads"])
 
 
 def cuda_core(shape: Shape, tiles: dict, layout: Layout) -> Traffic:
@@ -448,52 +462,20 @@ def tensor_core_rule(shape: Shape, tiles: dict) -> bool:
 
 
 def tensor_core_shrink(H_in: int, R: int, r: int, e: int, groups, grid_x: int, tiles: dict) -> Traffic:
-    """tc_shrink_block (tc_kernels.cuh): grid (T, ceil(R / kTcShrinkRank)); a block with a group
+    """tc_shrink_block (tc_kernels.cuh): grid (max_groups, ceil(R / kTcShrinkRank)); a block with a group
     of up to kTcTokens tokens reads the rank (broadcast) and, when some of its kTcShrinkRank
     rows lie below it, stages in kTcShrinkK-column steps its tokens' rows of x (x once per row
     block: once for R <= 64) and the jn rows of A below the rank (zero padding is not loaded);
     it writes v[:, j0:j0 + rows] (fp32, zeros past r)."""
-    t = Traffic()
-    rows = tiles["kTcShrinkRank"]
-    blocks = math.ceil(R / rows)
-    for rb in range(blocks):
-        j0 = rb * rows
-        here = min(rows, R - j0)
-        jn = max(0, min(r - j0, here))
-        for slot, count in groups:
-            if slot >= 0:
-                t.add("ranks+scaling", INDEX_BYTES)
-                if jn > 0:
-                    t.add("x", count * H_in * e)
-                    t.add("A", jn * H_in * e)
-            t.add("v write", count * here * ACC_BYTES)
-    t.add("plan", blocks * find_group_reads(groups, grid_x) * INDEX_BYTES)
-    return t
+    return row_block_shrink(H_in, R, r, e, groups, grid_x, tiles["kTcShrinkRank"])
 
 
 def tensor_core_expand(H_out: int, R: int, r: int, e: int, groups, grid_x: int, tiles: dict) -> Traffic:
-    """tc_expand_block (tc_kernels.cuh): grid (T, ceil(H_out / kTcExpandCols)); a block with a
+    """tc_expand_block (tc_kernels.cuh): grid (max_groups, ceil(H_out / kTcExpandCols)); a block with a
     group reads the rank (broadcast) and, in kTcExpandRank steps of the rank, stages its
     tokens' v[:, :r] (fp32; v once per column block) and its columns' rows of B[:, :r] (B once
     per group); then scaling (broadcast) and its tokens' y, read and written once."""
-    t = Traffic()
-    cols_per_block = tiles["kTcExpandCols"]
-    blocks = math.ceil(H_out / cols_per_block)
-    for cb in range(blocks):
-        cols = min(cols_per_block, H_out - cb * cols_per_block)
-        for slot, count in groups:
-            if slot < 0:
-                continue
-            t.add("ranks+scaling", INDEX_BYTES)
-            if r == 0:
-                continue
-            t.add("v read", count * r * ACC_BYTES)
-            t.add("B", cols * r * e)
-            t.add("ranks+scaling", ACC_BYTES)
-            t.add("y read", count * cols * e)
-            t.add("y write", count * cols * e)
-    t.add("plan", blocks * find_group_reads(groups, grid_x) * INDEX_BYTES)
-    return t
+    return column_block_expand(H_out, r, e, groups, grid_x, tiles["kTcExpandCols"])
 
 
 def tensor_core(shape: Shape, tiles: dict, layout: Layout) -> Traffic | None:

@@ -1,8 +1,8 @@
 // decode.cu's decode_config on shapes read from stdin, for tests/test_bytes_model.py: it checks
 // that benchmarks/bytes_model.py's decode_rule picks what the C++ rule picks. Built by that test
 // with g++ on the CPU executor (as tests/simt/Makefile builds the kernels: -DLK_SIMT, simt.h
-// force-included), linked with decode.cu and simt.cpp only; the plain launchers decode.cu falls
-// back to are never called here, so they are stubs.
+// force-included), linked with every kernel file of csrc/build.json (decode.cu's launchers call
+// the others) and simt.cpp.
 //
 // stdin, one shape a line: `dtype_bytes T R H_in H_out` (H_out -1: a shrink alone, no expand).
 // stdout, one line each: `splits fused workspace_bytes`.
@@ -10,11 +10,6 @@
 #include <cstdio>
 
 #include "lora_kernels/launch.h"
-
-namespace lora_kernels::cuda {
-cudaError_t launch_shrink(const ShrinkParams&, cudaStream_t) { return cudaErrorInvalidValue; }
-cudaError_t launch_expand(const ExpandParams&, cudaStream_t) { return cudaErrorInvalidValue; }
-}  // namespace lora_kernels::cuda
 
 int main() {
   using namespace lora_kernels;

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import importlib.util
+import json
 import math
 import os
 import shutil
@@ -337,10 +338,15 @@ def test_decode_rule_is_decode_config(bm, tmp_path):
     exe = tmp_path / "decode_config"
     subprocess.run([cxx, *flags, "-c", os.path.join(ROOT, "tests", "simt", "simt.cpp"), "-o", str(tmp_path / "simt.o")],
                    check=True)
-    subprocess.run([cxx, *kernel, "-c", os.path.join(ROOT, "csrc", "kernels", "decode.cu"), "-o",
-                    str(tmp_path / "decode.o")], check=True)
+    # decode.cu's launchers call the other launchers: every kernel file of the build definition
+    with open(os.path.join(ROOT, "csrc", "build.json")) as f:
+        kernels = json.load(f)["sources"]["cuda_kernels"]
+    objects = []
+    for cu in kernels:
+        objects.append(str(tmp_path / (os.path.splitext(os.path.basename(cu))[0] + ".o")))
+        subprocess.run([cxx, *kernel, "-c", os.path.join(ROOT, cu), "-o", objects[-1]], check=True)
     subprocess.run([cxx, *kernel, os.path.join(ROOT, "tests", "decode_config_main.cpp"), "-x", "none",
-                    str(tmp_path / "decode.o"), str(tmp_path / "simt.o"), "-o", str(exe), "-lpthread"], check=True)
+                    *objects, str(tmp_path / "simt.o"), "-o", str(exe), "-lpthread"], check=True)
     shapes = {(s.e, s.T, s.ranks[0], s.H_in, s.widths[0] if s.op == "add_lora" else -1)
               for s in bm.sweep_shapes(dry_run=False) + bm.decode_shapes() if s.op in ("add_lora", "shrink")}
     shapes |= {(e, T, R, H_in, H_out) for e in (2, 4) for T in (0, 1, 2, 8, 16, 64, 65, 256) for R in (0, 1, 4, 16, 17, 128)
