@@ -73,7 +73,6 @@ __device__ __forceinline__ void decode_block(const DecodeParams& d, int64_t grou
   // group: the plan's group number; counters[group] is its counter
   const int64_t row_blocks = (p.max_rank + kRows - 1) / kRows;
   const int64_t row_block = col % row_blocks, split = col / row_blocks;
-  if (tid == 0) g.count = 0;
   find_group<kMaxTokens>(p.map, group, g);
   const int count = g.count;
   if (count == 0) return;

@@ -100,7 +100,6 @@ __device__ __forceinline__ void tc_shrink_block(const ShrinkParams& p, int64_t g
                                                 TcShrinkShared& sh) {
   constexpr int G = kTcTokens, NR = kTcShrinkRank, KC = kTcShrinkK, kChunks = KC / VEC;
   TokenGroup<G>& g = sh.g;
-  if (threadIdx.x == 0) g.count = 0;
   find_group<G>(p.map, group, g);
   const int count = g.count;
   if (count == 0) return;
@@ -180,7 +179,6 @@ __device__ __forceinline__ void tc_expand_block(const ExpandParams& p, int64_t g
                                                 TcExpandShared& sh) {
   constexpr int G = kTcTokens, NC = kTcExpandCols, RC = kTcExpandRank, kChunks = RC / VEC;
   TokenGroup<G>& g = sh.g;
-  if (threadIdx.x == 0) g.count = 0;
   find_group<G>(p.map, group, g);
   const int count = g.count;
   if (count == 0) return;
